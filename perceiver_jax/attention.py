@@ -1,0 +1,250 @@
+"""Attention building blocks: multi-head attention, the MLP, and the cross-/self-attention layers.
+
+Shapes use B batch, M queries, N keys/values, H heads. Numerics follow HF's torch Perceiver exactly:
+LayerNorm eps 1e-5 with the two-pass variance, exact (erf) GELU, `softmax(q k^T / sqrt(d_head))` in
+float32 with an additive `finfo(float32).min` on masked keys, dropout on the attention probabilities only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from perceiver_jax.sharding import EMBED, HEADS, MLP, partitioned
+
+Dtype = Any
+
+# Implementations of the attention core: 'xla' is the explicit einsum/softmax (exact HF numerics, attention
+# dropout supported); 'cudnn' is flash attention on NVIDIA GPUs through `jax.nn.dot_product_attention`
+# (used at inference or without dropout).
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+
+
+def dense(
+    features: int, in_name: str, out_name: str, init_std: float, dtype: Dtype, param_dtype: Dtype, name: str
+):
+    """A `nn.Dense` with HF's init (normal(init_std) kernel, zero bias) and logical axis names."""
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=partitioned(jax.nn.initializers.normal(init_std), in_name, out_name),
+        bias_init=partitioned(jax.nn.initializers.zeros, out_name),
+        name=name,
+    )
+
+
+def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.LayerNorm:
+    """torch-equivalent LayerNorm over the last axis (two-pass variance, statistics in float32)."""
+    return nn.LayerNorm(
+        epsilon=eps,
+        use_fast_variance=False,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=partitioned(jax.nn.initializers.ones, EMBED),
+        bias_init=partitioned(jax.nn.initializers.zeros, EMBED),
+        name=name,
+    )
+
+
+def key_padding_bias(mask: jax.Array) -> jax.Array:
+    """`(B, N)` bool/int mask (1 = attend) -> `(B, 1, 1, N)` additive float32 bias, HF's `finfo.min` form."""
+    return jnp.where(mask.astype(bool), 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :].astype(jnp.float32)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with query/key/value/output projections (no norms, no residual).
+
+    Attributes:
+      num_heads: H; must divide `qk_channels` and `v_channels`.
+      qk_channels: width of the query and key projections (all heads).
+      v_channels: width of the value projection (all heads).
+      output_channels: width of the output projection.
+      dropout_rate: dropout on the attention probabilities when not deterministic.
+      init_std: std of the kernel initialiser.
+      implementation: one of `ATTENTION_IMPLEMENTATIONS`.
+    """
+
+    num_heads: int
+    qk_channels: int
+    v_channels: int
+    output_channels: int
+    dropout_rate: float = 0.0
+    init_std: float = 0.02
+    implementation: str = "xla"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs_q: jax.Array,
+        inputs_kv: jax.Array,
+        kv_mask: jax.Array | None = None,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        """Attends `(B, M, Cq)` queries to `(B, N, Ckv)` keys/values; `kv_mask` `(B, N)`, 1 = keep.
+
+        Returns `(B, M, output_channels)`.
+        """
+        for name, width in (("qk_channels", self.qk_channels), ("v_channels", self.v_channels)):
+            if width % self.num_heads:
+                raise ValueError(f"{name}={width} is not divisible by num_heads={self.num_heads}.")
+        if self.implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attention implementation {self.implementation!r} not in {ATTENTION_IMPLEMENTATIONS}."
+            )
+        args = (self.init_std, self.dtype, self.param_dtype)
+        q = dense(self.qk_channels, EMBED, HEADS, *args, name="query")(inputs_q)
+        k = dense(self.qk_channels, EMBED, HEADS, *args, name="key")(inputs_kv)
+        v = dense(self.v_channels, EMBED, HEADS, *args, name="value")(inputs_kv)
+        split = lambda x: x.reshape(x.shape[:-1] + (self.num_heads, x.shape[-1] // self.num_heads))
+        q, k, v = split(q), split(k), split(v)  # (B, M|N, H, D)
+
+        use_dropout = not deterministic and self.dropout_rate > 0.0
+        if self.implementation == "cudnn" and not use_dropout:
+            bias = None if kv_mask is None else key_padding_bias(kv_mask).astype(q.dtype)
+            out = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation="cudnn")
+        else:
+            scores = jnp.einsum("bmhd,bnhd->bhmn", q, k, preferred_element_type=jnp.float32)
+            scores = scores / jnp.sqrt(jnp.float32(q.shape[-1]))
+            if kv_mask is not None:
+                scores = scores + key_padding_bias(kv_mask)
+            probs = jax.nn.softmax(scores, axis=-1)
+            if use_dropout:
+                keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.dropout_rate, probs.shape)
+                probs = jnp.where(keep, probs / (1.0 - self.dropout_rate), 0.0)
+            out = jnp.einsum("bhmn,bnhd->bmhd", probs.astype(v.dtype), v)
+        out = out.reshape(out.shape[:-2] + (self.v_channels,))
+        return dense(self.output_channels, HEADS, EMBED, *args, name="output")(out)
+
+
+class MLP(nn.Module):
+    """Transformer MLP: Dense(widening * C) -> exact GELU -> Dense(C). Maps `(..., C)` to `(..., C)`."""
+
+    widening_factor: int = 1
+    init_std: float = 0.02
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """`x` `(..., C)` -> `(..., C)`."""
+        channels = x.shape[-1]
+        args = (self.init_std, self.dtype, self.param_dtype)
+        h = dense(self.widening_factor * channels, EMBED, MLP, *args, name="dense1")(x)
+        h = nn.gelu(h, approximate=False)
+        return dense(channels, MLP, EMBED, *args, name="dense2")(h)
+
+
+class CrossAttention(nn.Module):
+    """Perceiver cross-attention layer: queries attend to normalised inputs, then an MLP.
+
+    `out = a + MLP(LN(a))` with `a = Attention(LN(queries), LN(inputs)) [+ queries]`. The query residual
+    adds the un-normalised queries (HF's `use_query_residual`); it is off in decoders whose queries are
+    positions rather than features.
+
+    Attributes:
+      num_heads, qk_channels, v_channels: attention shape (None: qk takes the width named by
+        `shape_for_attention`, v takes qk's, as in HF).
+      widening_factor: MLP hidden width / query width.
+      use_query_residual: add the queries to the attention output.
+      shape_for_attention: 'kv' or 'q', which width `qk_channels=None` defaults to.
+    """
+
+    num_heads: int = 1
+    qk_channels: int | None = None
+    v_channels: int | None = None
+    widening_factor: int = 1
+    use_query_residual: bool = True
+    shape_for_attention: str = "kv"
+    dropout_rate: float = 0.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    implementation: str = "xla"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        queries: jax.Array,
+        inputs: jax.Array,
+        inputs_mask: jax.Array | None = None,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        """`queries` `(B, M, Cq)`, `inputs` `(B, N, Ckv)`, `inputs_mask` `(B, N)` -> `(B, M, Cq)`."""
+        q_dim, kv_dim = queries.shape[-1], inputs.shape[-1]
+        default_qk = kv_dim if self.shape_for_attention == "kv" else q_dim
+        qk = self.qk_channels or default_qk
+        v = self.v_channels or qk
+        norm = lambda name: layer_norm(self.norm_eps, self.dtype, self.param_dtype, name)
+        attended = Attention(
+            self.num_heads,
+            qk,
+            v,
+            q_dim,
+            self.dropout_rate,
+            self.init_std,
+            self.implementation,
+            self.dtype,
+            self.param_dtype,
+            name="attention",
+        )(norm("query_norm")(queries), norm("kv_norm")(inputs), inputs_mask, deterministic)
+        if self.use_query_residual:
+            attended = attended + queries
+        mlp = MLP(self.widening_factor, self.init_std, self.dtype, self.param_dtype, name="mlp")
+        return attended + mlp(norm("mlp_norm")(attended))
+
+
+class SelfAttention(nn.Module):
+    """Perceiver self-attention layer on the latents: `a = z + Attn(LN(z))`, `out = a + MLP(LN(a))`.
+
+    Attributes:
+      num_heads, qk_channels, v_channels: attention shape (None: the latent width D; `v_channels` must
+        equal D, as in HF where the output projection keeps the value width).
+      widening_factor: MLP hidden width / D.
+    """
+
+    num_heads: int = 1
+    qk_channels: int | None = None
+    v_channels: int | None = None
+    widening_factor: int = 1
+    dropout_rate: float = 0.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    implementation: str = "xla"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, latents: jax.Array, deterministic: bool = True) -> jax.Array:
+        """`latents` `(B, N, D)` -> `(B, N, D)`."""
+        width = latents.shape[-1]
+        qk = self.qk_channels or width
+        v = self.v_channels or qk
+        if v != width:
+            raise ValueError(
+                f"self-attention value width {v} must equal the latent width {width} (HF's residual needs it); "
+                "set v_channels to d_latents or None."
+            )
+        norm = lambda name: layer_norm(self.norm_eps, self.dtype, self.param_dtype, name)
+        normed = norm("query_norm")(latents)
+        attended = Attention(
+            self.num_heads,
+            qk,
+            v,
+            width,
+            self.dropout_rate,
+            self.init_std,
+            self.implementation,
+            self.dtype,
+            self.param_dtype,
+            name="attention",
+        )(normed, normed, None, deterministic)
+        attended = attended + latents
+        mlp = MLP(self.widening_factor, self.init_std, self.dtype, self.param_dtype, name="mlp")
+        return attended + mlp(norm("mlp_norm")(attended))
