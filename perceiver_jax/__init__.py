@@ -9,14 +9,28 @@ Public API:
 
 from perceiver_jax.config import PerceiverConfig
 from perceiver_jax.hf import from_pretrained, save_pretrained
-from perceiver_jax.heads import HEADS, PerceiverForMaskedLM, PerceiverForSequenceClassification
+from perceiver_jax.heads import (
+    HEADS,
+    PerceiverForImageClassificationConvProcessing,
+    PerceiverForImageClassificationFourier,
+    PerceiverForImageClassificationLearned,
+    PerceiverForMaskedLM,
+    PerceiverForMultimodalAutoencoding,
+    PerceiverForOpticalFlow,
+    PerceiverForSequenceClassification,
+)
 from perceiver_jax.model import PerceiverModel
 from perceiver_jax.tokenizer import PerceiverTokenizer
 
 __all__ = [
     "HEADS",
     "PerceiverConfig",
+    "PerceiverForImageClassificationConvProcessing",
+    "PerceiverForImageClassificationFourier",
+    "PerceiverForImageClassificationLearned",
     "PerceiverForMaskedLM",
+    "PerceiverForMultimodalAutoencoding",
+    "PerceiverForOpticalFlow",
     "PerceiverForSequenceClassification",
     "PerceiverModel",
     "PerceiverTokenizer",

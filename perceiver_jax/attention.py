@@ -13,7 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from perceiver_jax.sharding import EMBED, HEADS, MLP, partitioned
+from perceiver_jax.sharding import EMBED, HEADS, partitioned
+from perceiver_jax.sharding import MLP as MLP_AXIS  # `MLP` is the module class below
 
 Dtype = Any
 
@@ -135,9 +136,9 @@ class MLP(nn.Module):
         """`x` `(..., C)` -> `(..., C)`."""
         channels = x.shape[-1]
         args = (self.init_std, self.dtype, self.param_dtype)
-        h = dense(self.widening_factor * channels, EMBED, MLP, *args, name="dense1")(x)
+        h = dense(self.widening_factor * channels, EMBED, MLP_AXIS, *args, name="dense1")(x)
         h = nn.gelu(h, approximate=False)
-        return dense(channels, MLP, EMBED, *args, name="dense2")(h)
+        return dense(channels, MLP_AXIS, EMBED, *args, name="dense2")(h)
 
 
 class CrossAttention(nn.Module):

@@ -62,6 +62,36 @@ class PerceiverConfig:
       mlm_decoder_num_queries: output positions of the masked-LM decoder (None: max_position_embeddings).
       classification_decoder_num_heads, classification_decoder_widening_factor,
       classification_decoder_use_query_residual: the classification decoder's cross-attention.
+      image_learned_conv_channels, image_learned_pos_channels, image_learned_project_pos_dim: the
+        learned-position image head: 1x1 conv to 256 channels, a 256-channel position table projected to 256.
+      image_fourier_num_bands, image_fourier_max_resolution: Fourier features of the pixel-input image
+        head (64 bands at (224, 224), whatever the image size).
+      image_conv_channels, image_conv_num_bands, image_conv_max_resolution: the conv-stem image head
+        (64 stem channels; 64 bands at (56, 56)).
+      flow_frame_channels, flow_temporal_downsample, flow_patch_channels: the optical-flow inputs, 27
+        channels (a 3x3 RGB patch) per frame, 2 frames stacked by space-to-depth, Linear 54 -> 64.
+      flow_num_bands: Fourier bands of the flow head's pixel positions (at max resolution train_size).
+      flow_rescale_factor: the flow decoder's output is divided by it (100).
+      flow_decoder_num_heads, flow_decoder_widening_factor, flow_decoder_use_query_residual: the flow
+        decoder's cross-attention (1 head, widening 1, no query residual).
+      multimodal_audio_num_bands: Fourier bands of the multimodal head's audio token positions, in the
+        encoder and the audio decoder queries alike (192, at max resolution num_frames *
+        audio_samples_per_frame samples).
+      multimodal_image_num_bands: Fourier bands of the video positions, encoder and decoder queries alike
+        (32, at max resolution (num_frames, image_size, image_size)).
+      multimodal_image_channels: channels of the input video (3, RGB).
+      multimodal_spatial_downsample, multimodal_temporal_downsample: the video is cut into patches of
+        1 frame x 4 x 4 pixels by space-to-depth (one input token per patch).
+      multimodal_image_output_channels: channels decoded per output pixel (3, RGB).
+      multimodal_input_padding: every modality's tokens are padded with a learned vector to the widest
+        modality's width + this (4).
+      multimodal_query_padding: the same for the decoder queries (2).
+      multimodal_audio_mask_prob, multimodal_image_mask_prob, multimodal_label_mask_prob: probability
+        that a token of the modality is replaced by its learned mask token (0, 0, 1: the label input is
+        always masked, so it has no effect on the outputs).
+      multimodal_decoder_num_heads, multimodal_decoder_widening_factor,
+      multimodal_decoder_use_query_residual: the shared multimodal decoder cross-attention (1 head,
+        widening 1, no query residual; its qk width follows `cross_attention_shape_for_attention`).
     """
 
     # --- HF's PerceiverConfig fields.
@@ -109,19 +139,71 @@ class PerceiverConfig:
     classification_decoder_num_heads: int = 1
     classification_decoder_widening_factor: int = 1
     classification_decoder_use_query_residual: bool = True
+    image_learned_conv_channels: int = 256
+    image_learned_pos_channels: int = 256
+    image_learned_project_pos_dim: int = 256
+    image_fourier_num_bands: int = 64
+    image_fourier_max_resolution: tuple[int, int] = (224, 224)
+    image_conv_channels: int = 64
+    image_conv_num_bands: int = 64
+    image_conv_max_resolution: tuple[int, int] = (56, 56)
+    flow_frame_channels: int = 27
+    flow_temporal_downsample: int = 2
+    flow_patch_channels: int = 64
+    flow_num_bands: int = 64
+    flow_rescale_factor: float = 100.0
+    flow_decoder_num_heads: int = 1
+    flow_decoder_widening_factor: int = 1
+    flow_decoder_use_query_residual: bool = False
+    multimodal_audio_num_bands: int = 192
+    multimodal_image_num_bands: int = 32
+    multimodal_image_channels: int = 3
+    multimodal_spatial_downsample: int = 4
+    multimodal_temporal_downsample: int = 1
+    multimodal_image_output_channels: int = 3
+    multimodal_input_padding: int = 4
+    multimodal_query_padding: int = 2
+    multimodal_audio_mask_prob: float = 0.0
+    multimodal_image_mask_prob: float = 0.0
+    multimodal_label_mask_prob: float = 1.0
+    multimodal_decoder_num_heads: int = 1
+    multimodal_decoder_widening_factor: int = 1
+    multimodal_decoder_use_query_residual: bool = False
 
     def __post_init__(self):
-        for name in ("train_size", "output_shape", "architectures"):
+        for name in (
+            "train_size",
+            "output_shape",
+            "architectures",
+            "image_fourier_max_resolution",
+            "image_conv_max_resolution",
+        ):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
         if isinstance(self.image_size, list):
             object.__setattr__(self, "image_size", tuple(self.image_size))
-        if self.id2label is not None:
-            id2label = {int(k): v for k, v in self.id2label.items()}
-            object.__setattr__(self, "id2label", id2label)
-            object.__setattr__(self, "num_labels", len(id2label))
+        self._canonicalise_labels()
         self.validate()
+
+    def _canonicalise_labels(self) -> None:
+        """int keys in id2label (num_labels follows it); label maps equal to HF's defaults become None.
+
+        HF fills in `LABEL_i` names and the inverse `label2id` itself, so dropping them keeps one
+        representation per model: a config read back from HF equals the one written.
+        """
+        id2label = None if self.id2label is None else {int(k): v for k, v in self.id2label.items()}
+        if id2label is not None:
+            object.__setattr__(self, "num_labels", len(id2label))
+        names = id2label or {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        if self.label2id is not None:
+            label2id = {k: int(v) for k, v in self.label2id.items()}
+            object.__setattr__(
+                self, "label2id", None if label2id == {v: k for k, v in names.items()} else label2id
+            )
+        if id2label == {i: f"LABEL_{i}" for i in range(len(names))}:
+            id2label = None
+        object.__setattr__(self, "id2label", id2label)
 
     def validate(self) -> None:
         """Raises `ValueError` naming the first field whose value cannot build a model."""
@@ -148,6 +230,26 @@ class PerceiverConfig:
             "mlm_decoder_widening_factor",
             "classification_decoder_num_heads",
             "classification_decoder_widening_factor",
+            "image_learned_conv_channels",
+            "image_learned_pos_channels",
+            "image_learned_project_pos_dim",
+            "image_fourier_num_bands",
+            "image_conv_channels",
+            "image_conv_num_bands",
+            "flow_frame_channels",
+            "flow_temporal_downsample",
+            "flow_patch_channels",
+            "flow_num_bands",
+            "flow_decoder_num_heads",
+            "flow_decoder_widening_factor",
+            "multimodal_audio_num_bands",
+            "multimodal_image_num_bands",
+            "multimodal_image_channels",
+            "multimodal_spatial_downsample",
+            "multimodal_temporal_downsample",
+            "multimodal_image_output_channels",
+            "multimodal_decoder_num_heads",
+            "multimodal_decoder_widening_factor",
         )
         for name in positive:
             value = getattr(self, name)
@@ -162,6 +264,22 @@ class PerceiverConfig:
                 "PerceiverConfig.attention_probs_dropout_prob must be in [0, 1), got "
                 f"{self.attention_probs_dropout_prob!r}."
             )
+        if not self.flow_rescale_factor > 0:
+            raise ValueError(
+                f"PerceiverConfig.flow_rescale_factor must be positive, got {self.flow_rescale_factor!r}."
+            )
+        for name in ("multimodal_input_padding", "multimodal_query_padding"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"PerceiverConfig.{name} must be a non-negative integer, got {value!r}.")
+        for name in (
+            "multimodal_audio_mask_prob",
+            "multimodal_image_mask_prob",
+            "multimodal_label_mask_prob",
+        ):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"PerceiverConfig.{name} must be in [0, 1], got {value!r}.")
         if self.norm_eps <= 0:
             raise ValueError(f"PerceiverConfig.norm_eps must be positive, got {self.norm_eps!r}.")
         if self.cross_attention_shape_for_attention not in ("kv", "q"):
@@ -182,8 +300,20 @@ class PerceiverConfig:
                 width = getattr(self, channels)
                 if width is not None and width % n:
                     raise ValueError(f"PerceiverConfig.{channels}={width} must be divisible by {name}={n}.")
+        # HF's self-attention projects back to its value width and adds the latents: v must equal D.
+        self_v = self.v_channels or self.qk_channels or self.d_latents
+        if self_v != self.d_latents:
+            source = (
+                f"v_channels={self_v}" if self.v_channels else f"v_channels=None (= qk_channels={self_v})"
+            )
+            raise ValueError(
+                f"PerceiverConfig.{source} must equal d_latents={self.d_latents}: the self-attention "
+                "output has the value width and is added to the latents; set v_channels=d_latents."
+            )
         sizes = {"train_size": self.train_size, "output_shape": self.output_shape}
         sizes["image_size"] = self.image_size if isinstance(self.image_size, tuple) else (self.image_size,)
+        sizes["image_fourier_max_resolution"] = self.image_fourier_max_resolution
+        sizes["image_conv_max_resolution"] = self.image_conv_max_resolution
         for name, dims in sizes.items():
             if not dims or any(not isinstance(d, int) or d <= 0 for d in dims):
                 raise ValueError(f"PerceiverConfig.{name} must hold positive integers, got {dims!r}.")
@@ -252,7 +382,18 @@ class PerceiverConfig:
         ours = [
             f.name
             for f in dataclasses.fields(self)
-            if f.name.startswith(("norm_eps", "mlm_", "classification_"))
+            if f.name.startswith(
+                (
+                    "norm_eps",
+                    "mlm_",
+                    "classification_",
+                    "image_learned_",
+                    "image_fourier_",
+                    "image_conv_",
+                    "flow_",
+                    "multimodal_",
+                )
+            )
         ]
         changed = [n for n in ours if getattr(self, n) != getattr(default, n)]
         if changed:

@@ -77,7 +77,8 @@ class BasicDecoder(nn.Module):
                 v_channels=self.v_channels,
                 widening_factor=self.widening_factor,
                 use_query_residual=self.use_query_residual,
-                shape_for_attention="q",  # unused: HF passes qk_channels explicitly or defaults to q_dim
+                # HF's decoder cross-attention defaults qk_channels like the encoder's (kv: d_latents).
+                shape_for_attention=cfg.cross_attention_shape_for_attention,
                 dropout_rate=cfg.attention_probs_dropout_prob,
                 norm_eps=cfg.norm_eps,
                 init_std=cfg.initializer_range,
@@ -125,9 +126,15 @@ class BasicDecoder(nn.Module):
         if isinstance(encoding, TrainablePositionEncoding):
             pos_emb = encoding(batch_size)
         elif subsampled_points is not None:
-            dims = np.asarray(self.output_index_dims)
-            coords = jnp.stack(jnp.unravel_index(subsampled_points, self.output_index_dims), axis=1)
-            pos = (-1.0 + 2.0 * coords / dims[None, :]).astype(jnp.float32)
+            # Per-dimension tables of -1 + 2 * i / dim built on the host in float32, as torch computes them:
+            # XLA turns a division by a constant into a multiplication by its reciprocal, 1 ulp off, which
+            # the top Fourier frequencies amplify (audio: 1e-3 relative on the outputs).
+            coords = jnp.unravel_index(subsampled_points, self.output_index_dims)
+            tables = [
+                np.float32(-1) + np.arange(0, 2 * d, 2, dtype=np.float32) / np.float32(d)
+                for d in self.output_index_dims
+            ]
+            pos = jnp.stack([jnp.asarray(t)[c] for t, c in zip(tables, coords)], axis=1)
             pos = jnp.broadcast_to(pos[None], (batch_size,) + pos.shape)
             pos_emb = encoding(self.output_index_dims, batch_size, pos=pos)
         else:  # the full output grid (HF uses inputs.shape[2:], only reached by its crashing path)
@@ -157,6 +164,8 @@ class BasicDecoder(nn.Module):
         num_queries = query.shape[1]
         if self.chunk_size is None or num_queries <= self.chunk_size or not deterministic:
             return decode(query)
+        if self.is_initializing():  # create the parameters outside `lax.map` (no variables in its trace)
+            decode(query[:, : self.chunk_size])
         num_chunks = -(-num_queries // self.chunk_size)
         pad = num_chunks * self.chunk_size - num_queries
         padded = jnp.pad(query, ((0, 0), (0, pad), (0, 0)))
@@ -182,6 +191,40 @@ class ClassificationDecoder(nn.Module):
     def __call__(self, query: jax.Array, z: jax.Array, deterministic: bool = True) -> jax.Array:
         """`query` `(B, 1, Cq)`, `z` `(B, N, D)` -> `(B, num_labels)`."""
         return self.decoder(query, z, deterministic)[:, 0, :]
+
+
+class OpticalFlowDecoder(nn.Module):
+    """HF's `PerceiverOpticalFlowDecoder`: every pixel's preprocessed input (with its position encoding)
+    is its own query; the `BasicDecoder` (submodule `decoder`) maps it to a flow vector, which is divided
+    by `rescale_factor` and laid out as an image.
+
+    Attributes:
+      decoder: the cross-attention decoder (`output_num_channels` = 2 for (dx, dy); its `chunk_size`
+        bounds the memory of decoding the H*W queries).
+      output_image_shape: (H, W) of the flow field; the queries must number H * W.
+      rescale_factor: the decoder's output is divided by it.
+    """
+
+    decoder: BasicDecoder
+    output_image_shape: tuple[int, int]
+    rescale_factor: float = 100.0
+
+    def num_query_channels(self) -> int:
+        """Width of the queries (the preprocessed inputs)."""
+        return self.decoder.num_channels
+
+    def decoder_query(self, inputs, modality_sizes=None, inputs_without_pos=None, subsampled_points=None):
+        """The preprocessed inputs `(B, H * W, C)` themselves."""
+        if subsampled_points is not None:
+            raise ValueError(
+                "the optical-flow decoder decodes every pixel; subsampled_points is not supported."
+            )
+        return inputs
+
+    def __call__(self, query: jax.Array, z: jax.Array, deterministic: bool = True) -> jax.Array:
+        """`query` `(B, H * W, C)`, `z` `(B, N, D)` -> flow `(B, H, W, output_num_channels)`."""
+        flow = self.decoder(query, z, deterministic) / self.rescale_factor
+        return flow.reshape((flow.shape[0], *self.output_image_shape, flow.shape[-1]))
 
 
 class ProjectionDecoder(nn.Module):

@@ -85,7 +85,11 @@ def _flax_entries(variables: Mapping[str, Any]):
 
 
 def to_hf_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Flax variables -> HF state dict of float32 numpy arrays in torch layout."""
+    """Flax variables -> HF state dict of float32 numpy arrays in torch layout.
+
+    Each BatchNorm also gets torch's int64 `num_batches_tracked` buffer (0: it is not tracked here and only
+    matters to torch with `momentum=None`), without which HF reports the key missing.
+    """
     flat = {
         c: traverse_util.flatten_dict(nn.unbox(dict(variables[c])))
         for c in ("params", "batch_stats")
@@ -97,6 +101,8 @@ def to_hf_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if layer is not None:
             value = value[layer]
         state[key] = np.ascontiguousarray(_to_hf(path[-1], value))
+        if collection == "batch_stats" and path[-1] == "mean":
+            state[key.rsplit(".", 1)[0] + ".num_batches_tracked"] = np.zeros((), np.int64)
     return state
 
 

@@ -89,7 +89,10 @@ class PerceiverModel(nn.Module):
         )
         outputs = self.decoder(query, latents, deterministic)
         if self.output_postprocessor is not None:
-            if subsampled_output_points is not None:
-                modality_sizes = {k: v.shape[0] for k, v in subsampled_output_points.items()}
+            # A multimodal decoder counts its output points per modality (HF: the subsampled counts and
+            # label 1); other postprocessors take the preprocessor's modality sizes.
+            output_sizes = getattr(self.decoder, "output_modality_sizes", None)
+            if output_sizes is not None:
+                modality_sizes = output_sizes(subsampled_output_points)
             outputs = self.output_postprocessor(outputs, modality_sizes=modality_sizes)
         return outputs, latents

@@ -39,9 +39,87 @@ def text_inputs(config: PerceiverConfig, rng: np.random.Generator, batch_size: i
     )
 
 
+def image_inputs(config: PerceiverConfig, rng: np.random.Generator, batch_size: int):
+    """Random normal RGB images of `config.image_size`: `(B, H, W, 3)` for jax, `(B, 3, H, W)` for torch."""
+    size = config.image_size
+    height, width = (size, size) if isinstance(size, int) else size
+    images = rng.standard_normal((batch_size, height, width, 3)).astype(np.float32)
+    import torch
+
+    return (
+        (jnp.asarray(images),),
+        {},
+        {"inputs": torch.tensor(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))},
+    )
+
+
+def flow_inputs(config: PerceiverConfig, rng: np.random.Generator, batch_size: int):
+    """Random normal patch pairs of `config.train_size`: `(B, 2, H, W, 27)` for jax, `(B, 2, 27, H, W)` for
+    torch."""
+    shape = (batch_size, config.flow_temporal_downsample, *config.train_size, config.flow_frame_channels)
+    patches = rng.standard_normal(shape).astype(np.float32)
+    import torch
+
+    return (
+        (jnp.asarray(patches),),
+        {},
+        {"inputs": torch.tensor(np.ascontiguousarray(np.moveaxis(patches, -1, 2)))},
+    )
+
+
+def multimodal_inputs(config: PerceiverConfig, rng: np.random.Generator, batch_size: int):
+    """Random normal video `(B, num_frames, H, W, 3)` (H, W = image_size; torch: `(B, T, 3, H, W)`), audio
+    `(B, num_frames * audio_samples_per_frame, 1)` and labels; a token mask with rows padded to different
+    lengths; random subsampled output points (at most 2048 video and 128 audio points)."""
+    size = config.image_size
+    height, width = (size, size) if isinstance(size, int) else size
+    num_samples = config.num_frames * config.audio_samples_per_frame
+    video_shape = (batch_size, config.num_frames, height, width, config.multimodal_image_channels)
+    video = rng.standard_normal(video_shape).astype(np.float32)
+    audio = rng.standard_normal((batch_size, num_samples, 1)).astype(np.float32)
+    label = rng.standard_normal((batch_size, config.num_labels)).astype(np.float32)
+    t, s = config.multimodal_temporal_downsample, config.multimodal_spatial_downsample
+    num_tokens = (
+        num_samples // config.samples_per_patch + (config.num_frames // t) * (height // s) * (width // s) + 1
+    )
+    mask = np.ones((batch_size, num_tokens), np.int64)
+    for b in range(1, batch_size):
+        mask[b, num_tokens * (batch_size - b) // (batch_size + 1) :] = 0
+    num_video_points = int(np.prod(config.output_shape[1:]))
+    num_audio_points = num_samples // config.samples_per_patch
+    points = {
+        "image": rng.permutation(num_video_points)[:2048],
+        "audio": rng.permutation(num_audio_points)[:128],
+    }
+    import torch
+
+    torch_inputs = {
+        "image": torch.tensor(np.ascontiguousarray(video.transpose(0, 1, 4, 2, 3))),
+        "audio": torch.tensor(audio),
+        "label": torch.tensor(label),
+    }
+    return (
+        (
+            {"image": jnp.asarray(video), "audio": jnp.asarray(audio), "label": jnp.asarray(label)},
+            jnp.asarray(mask),
+        ),
+        {"subsampled_output_points": {k: jnp.asarray(v, jnp.int32) for k, v in points.items()}},
+        {
+            "inputs": torch_inputs,
+            "attention_mask": torch.tensor(mask),
+            "subsampled_output_points": {**{k: torch.tensor(v) for k, v in points.items()}, "label": None},
+        },
+    )
+
+
 PARITY_INPUTS: dict[str, InputFn] = {
     "PerceiverForMaskedLM": text_inputs,
     "PerceiverForSequenceClassification": text_inputs,
+    "PerceiverForImageClassificationLearned": image_inputs,
+    "PerceiverForImageClassificationFourier": image_inputs,
+    "PerceiverForImageClassificationConvProcessing": image_inputs,
+    "PerceiverForOpticalFlow": flow_inputs,
+    "PerceiverForMultimodalAutoencoding": multimodal_inputs,
 }
 
 

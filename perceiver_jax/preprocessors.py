@@ -78,7 +78,8 @@ def check_token_ids(inputs: jax.Array, vocab_size: int, max_length: int) -> None
             "truncate the inputs or use a config with more positions."
         )
     if not isinstance(inputs, jax.core.Tracer) and inputs.size:
-        low, high = int(np.min(inputs)), int(np.max(inputs))
+        values = np.asarray(inputs)  # host copy: np.min of a jax array would trace under an outer jit
+        low, high = int(values.min()), int(values.max())
         if low < 0 or high >= vocab_size:
             raise ValueError(f"token ids must be in [0, {vocab_size}); got values in [{low}, {high}].")
 

@@ -1,0 +1,178 @@
+"""perceiver-jax compile time vs depth, training-step memory with and without rematerialisation, and
+the memory of decoding many queries with and without chunking. JAX only (nothing here runs HF).
+
+Memory is reported two ways: XLA's own accounting of the compiled program (`memory_analysis()`: bytes of
+arguments, outputs and temporaries), and the peak resident memory (ru_maxrss) of a fresh process that
+runs the step (`python -m benchmarks.compile_memory worker ...`, started by `remat_memory`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any, Sequence
+
+from benchmarks import common, workloads
+
+MIB = 2**20
+
+
+def _mlm(overrides: dict[str, Any], **head_kwargs):
+    from perceiver_jax import HEADS, PerceiverConfig
+
+    config = PerceiverConfig.from_hf(workloads.hf_config(overrides).to_dict())
+    return HEADS["PerceiverForMaskedLM"](config, **head_kwargs)
+
+
+def _abstract_text_inputs(batch_size: int, seq_len: int):
+    import jax
+    import jax.numpy as jnp
+
+    ids = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32)
+    return (ids, ids), jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32)
+
+
+def _abstract_train_state(model, args):
+    """Abstract params and AdamW state of `model` (shapes only, nothing allocated)."""
+    import jax
+    import flax.linen as nn
+
+    from benchmarks.workloads import make_jax_train_step
+
+    step, optimizer = make_jax_train_step(model)
+    params = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), *args))["params"]
+    return step, params, jax.eval_shape(optimizer.init, params)
+
+
+def _lower_compile(fn, *args) -> tuple[Any, float, float]:
+    start = time.perf_counter()
+    lowered = fn.lower(*args)
+    middle = time.perf_counter()
+    compiled = lowered.compile()
+    return compiled, middle - start, time.perf_counter() - middle
+
+
+def compile_times(
+    overrides: dict[str, Any], depths: Sequence[int], batch_size: int, seq_len: int, repeats: int = 2
+) -> list[dict[str, Any]]:
+    """Lower and compile seconds (best of `repeats`, each from a fresh `jax.jit`) of the masked-LM
+    forward and training step with `num_self_attends_per_block` = each of `depths`."""
+    import jax
+
+    rows = []
+    for depth in depths:
+        model = _mlm(dict(overrides, num_self_attends_per_block=depth))
+        args, labels = _abstract_text_inputs(batch_size, seq_len)
+        row: dict[str, Any] = {"layers": depth}
+        for _ in range(repeats):
+            step, params, opt_state = _abstract_train_state(model, args)
+            forward = jax.jit(lambda p, *a: model.apply({"params": p}, *a))
+            _, lower_s, compile_s = _lower_compile(forward, params, *args)
+            _, train_lower_s, train_compile_s = _lower_compile(step, params, opt_state, 0, args, labels)
+            for key, value in (
+                ("forward_lower_s", lower_s),
+                ("forward_compile_s", compile_s),
+                ("train_lower_s", train_lower_s),
+                ("train_compile_s", train_compile_s),
+            ):
+                row[key] = min(row.get(key, float("inf")), value)
+        rows.append(row)
+    return rows
+
+
+def train_memory_analysis(overrides: dict[str, Any], remat: str, batch_size: int, seq_len: int) -> dict:
+    """XLA's memory accounting (MiB) of the compiled masked-LM training step with `remat`."""
+    model = _mlm(overrides, remat=remat)
+    args, labels = _abstract_text_inputs(batch_size, seq_len)
+    step, params, opt_state = _abstract_train_state(model, args)
+    compiled, _, _ = _lower_compile(step, params, opt_state, 0, args, labels)
+    stats = compiled.memory_analysis()
+    return {
+        "remat": remat,
+        "arguments_mib": stats.argument_size_in_bytes / MIB,
+        "temp_mib": stats.temp_size_in_bytes / MIB,
+        "output_mib": stats.output_size_in_bytes / MIB,
+        "alias_mib": stats.alias_size_in_bytes / MIB,
+    }
+
+
+def remat_memory(
+    overrides: dict[str, Any], remats: Sequence[str], batch_size: int, seq_len: int, tiny: bool
+) -> list[dict[str, Any]]:
+    """Per remat policy: XLA's accounting and the peak RSS of a fresh process running one step."""
+    rows = []
+    for remat in remats:
+        row = train_memory_analysis(overrides, remat, batch_size, seq_len)
+        worker_args = ["worker", "--remat", remat, "--batch", str(batch_size), "--seq-len", str(seq_len)]
+        row.update(common.run_worker("benchmarks.compile_memory", worker_args + (["--tiny"] if tiny else [])))
+        rows.append(row)
+    return rows
+
+
+def decode_memory(flow_overrides: dict[str, Any], chunk_sizes: Sequence[int | None]) -> list[dict[str, Any]]:
+    """XLA's memory accounting (MiB) of the optical-flow head's inference forward (one frame pair: H*W
+    decoder queries) with each decoder `chunk_size` (None: all queries at once)."""
+    import jax
+    import jax.numpy as jnp
+
+    from perceiver_jax import HEADS, PerceiverConfig
+
+    config = PerceiverConfig.from_hf(workloads.hf_config(flow_overrides).to_dict())
+    rows = []
+    for chunk in chunk_sizes:
+        model = HEADS["PerceiverForOpticalFlow"](config, chunk_size=chunk)
+        (frames,) = model.example_inputs(1)
+        frames = jax.ShapeDtypeStruct(frames.shape, frames.dtype)
+        params = jax.eval_shape(model.init, jax.random.key(0), frames)
+        forward = jax.jit(lambda v, x: model.apply(v, x))
+        compiled, _, compile_s = _lower_compile(forward, params, frames)
+        stats = compiled.memory_analysis()
+        rows.append(
+            {
+                "queries": config.train_size[0] * config.train_size[1],
+                "chunk_size": chunk,
+                "temp_mib": stats.temp_size_in_bytes / MIB,
+                "arguments_mib": stats.argument_size_in_bytes / MIB,
+                "compile_s": compile_s,
+            }
+        )
+    return rows
+
+
+def _worker(argv: Sequence[str]) -> None:
+    """Fresh-process measurement: build the masked-LM, run one training step, print peak RSS as JSON."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--remat", required=True)
+    parser.add_argument("--batch", type=int, required=True)
+    parser.add_argument("--seq-len", type=int, required=True)
+    parser.add_argument("--tiny", action="store_true")
+    args = parser.parse_args(argv)
+    import jax
+    import jax.numpy as jnp
+
+    overrides = workloads.TINY_LANGUAGE if args.tiny else workloads.LANGUAGE_PERCEIVER
+    model = _mlm(overrides, remat=args.remat)
+    batch = workloads.text_batch(model.config.vocab_size, args.batch, args.seq_len)
+    inputs = (jnp.asarray(batch["ids"], jnp.int32), jnp.asarray(batch["mask"], jnp.int32))
+    labels = jnp.asarray(batch["labels"], jnp.int32)
+    step, optimizer = workloads.make_jax_train_step(model)
+    params = jax.jit(model.init)(jax.random.key(0), *inputs)["params"]
+    opt_state = optimizer.init(params)
+    compiled = step.lower(params, opt_state, 0, inputs, labels).compile()
+    jax.block_until_ready((params, opt_state))
+    before = common.current_rss_mib()
+    start = time.perf_counter()
+    params, opt_state, loss = compiled(params, opt_state, 0, inputs, labels)
+    jax.block_until_ready((params, opt_state, loss))
+    seconds = time.perf_counter() - start
+    peak = common.peak_rss_mib()
+    print(json.dumps({"rss_before_step_mib": before, "peak_rss_mib": peak, "step_s": seconds}))
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) < 2 or sys.argv[1] != "worker":
+        sys.exit("usage: python -m benchmarks.compile_memory worker --remat R --batch B --seq-len T [--tiny]")
+    _worker(sys.argv[2:])

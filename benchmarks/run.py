@@ -1,0 +1,405 @@
+"""perceiver-jax vs Hugging Face torch on this CPU: `python -m benchmarks.run [--tiny] [--output FILE]`.
+
+In one process, with the same intra-op thread count for both frameworks (`--threads`, default: every CPU
+this process may use), on identical weights and inputs:
+
+1. speed: HF torch (eval, `torch.inference_mode`) vs perceiver-jax (jitted, float32) inference forward of
+   `deepmind/language-perceiver` dimensions at batch 1 and 8 (sequence 2048, rows padded), of
+   `vision-perceiver-fourier` at 224x224, and a full training step (forward, backward, AdamW) of the
+   language model. Runs are interleaved (torch, jax, jax, torch, ...) after a warm-up; the tables show the
+   median. FLOPs are analytic (`benchmarks.flops`), the peak is a float32 matmul measured here.
+2. compile time of the jitted forward and training step vs depth (2, 8, 26 self-attention layers).
+3. training-step memory with and without activation rematerialisation.
+4. memory of decoding the optical-flow head's 182,528 queries, chunked vs all at once.
+
+`--tiny` runs every section on small stand-in models in well under a minute (used by the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from benchmarks import common, flops, workloads
+
+LANGUAGE_HEAD = "PerceiverForMaskedLM"
+VISION_HEAD = "PerceiverForImageClassificationFourier"
+
+# Targets of the performance issue (checked at the end of a full run).
+TARGET_SPEEDUP = 1.5
+TARGET_PEAK_FRACTION = 0.70
+TARGET_COMPILE_RATIO = 2.0
+
+
+def _speed_row(name: str, batch_size: int, gflop: float, times: dict, peak: float, **extra) -> dict:
+    torch_s, jax_s = common.median(times["torch"]["wall"]), common.median(times["jax"]["wall"])
+    row = {
+        "workload": name,
+        "batch": batch_size,
+        "gflop": gflop,
+        "torch_s": torch_s,
+        "jax_s": jax_s,
+        "speedup": torch_s / jax_s,
+        "torch_gflops": gflop / torch_s,
+        "jax_gflops": gflop / jax_s,
+        "torch_peak_frac": gflop / torch_s / peak,
+        "jax_peak_frac": gflop / jax_s / peak,
+        "torch_cpu_s": common.median(times["torch"]["cpu"]),
+        "jax_cpu_s": common.median(times["jax"]["cpu"]),
+        "torch_all_s": [round(t, 3) for t in times["torch"]["wall"]],
+        "jax_all_s": [round(t, 3) for t in times["jax"]["wall"]],
+        "load_1min": round(os.getloadavg()[0], 2),
+    }
+    row.update(extra)
+    return row
+
+
+def _rel_err(ours, reference) -> float:
+    import numpy as np
+
+    ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+    return float(np.max(np.abs(ours - reference)) / max(float(np.max(np.abs(reference))), 1e-30))
+
+
+def _forward_row(name, pair, batch, batch_size, gflop, peak, repeats) -> dict:
+    torch_fn = workloads.torch_forward(pair, batch)
+    jax_fn, timing = workloads.jax_forward(pair, batch)
+    rel_err = _rel_err(jax_fn(), torch_fn().numpy())
+    times = common.interleaved_times({"torch": torch_fn, "jax": jax_fn}, repeats)
+    return _speed_row(name, batch_size, gflop, times, peak, rel_err=rel_err, jax_compile_s=timing["compile_s"])
+
+
+def speed(args, peak: float) -> list[dict]:
+    """The speed table: forward at two batch sizes, vision forward, training step."""
+    from perceiver_jax import HEADS
+
+    rows = []
+    lang = workloads.TINY_LANGUAGE if args.tiny else workloads.LANGUAGE_PERCEIVER
+    seq_len = 64 if args.tiny else 2048
+    pair = workloads.build_pair(LANGUAGE_HEAD, lang)
+    label = "language-perceiver" + (" (tiny)" if args.tiny else "")
+    print(f"# {label}: {pair.num_params:,} parameters", flush=True)
+    config = pair.model.config
+    for batch_size, repeats in ((1, args.repeats), (args.forward_batch, max(3, args.repeats - 2))):
+        batch = workloads.text_batch(config.vocab_size, batch_size, seq_len)
+        gflop = flops.model_flops(LANGUAGE_HEAD, config, batch_size, seq_len=seq_len) / 1e9
+        rows.append(_forward_row(f"{label} forward", pair, batch, batch_size, gflop, peak, repeats))
+        print(_progress(rows[-1]), flush=True)
+
+    batch = workloads.text_batch(config.vocab_size, args.train_batch, seq_len)
+    gflop = flops.model_flops(LANGUAGE_HEAD, config, args.train_batch, training=True, seq_len=seq_len) / 1e9
+    torch_fn = workloads.torch_train_step(pair, batch)
+    jax_fn, timing = workloads.jax_train_step(pair, batch, prng_impl=args.prng_impl)
+    times = common.interleaved_times({"torch": torch_fn, "jax": jax_fn}, max(3, args.repeats - 2))
+    rows.append(
+        _speed_row(
+            f"{label} train step (AdamW)", args.train_batch, gflop, times, peak, jax_compile_s=timing["compile_s"]
+        )
+    )
+    print(_progress(rows[-1]), flush=True)
+    del pair, torch_fn, jax_fn
+    gc.collect()
+
+    name = "vision-perceiver-fourier" + (" (tiny)" if args.tiny else "") + " forward"
+    if VISION_HEAD not in HEADS:
+        rows.append({"workload": name, "batch": 1, "note": f"{VISION_HEAD} not in perceiver_jax.heads.HEADS"})
+    else:
+        overrides = workloads.TINY_VISION_FOURIER if args.tiny else workloads.VISION_FOURIER
+        pair = workloads.build_pair(VISION_HEAD, overrides)
+        size = overrides["image_size"]
+        batch = workloads.image_batch(1, size, size)
+        gflop = flops.model_flops(VISION_HEAD, pair.model.config, 1, height=size, width=size) / 1e9
+        rows.append(_forward_row(name, pair, batch, 1, gflop, peak, max(3, args.repeats - 2)))
+    print(_progress(rows[-1]), flush=True)
+    return rows
+
+
+def _progress(row: dict) -> str:
+    if "note" in row:
+        return f"  {row['workload']}: n/a ({row['note']})"
+    return (
+        f"  {row['workload']} b{row['batch']}: torch {row['torch_s']:.3f}s jax {row['jax_s']:.3f}s "
+        f"x{row['speedup']:.2f} (load {row['load_1min']})"
+    )
+
+
+def speed_table(rows: list[dict], peak: float) -> str:
+    """Markdown table of the speed rows."""
+    headers = [
+        "workload",
+        "batch",
+        "GFLOP",
+        "HF torch s",
+        "jax s",
+        "torch/jax",
+        "torch GFLOP/s",
+        "jax GFLOP/s",
+        "torch % peak",
+        "jax % peak",
+        "torch CPU s",
+        "jax CPU s",
+        "rel err",
+        "load",
+    ]
+    out = []
+    for r in rows:
+        if "note" in r:
+            out.append([r["workload"], r["batch"]] + [None] * (len(headers) - 2))
+            continue
+        out.append(
+            [
+                r["workload"],
+                r["batch"],
+                r["gflop"],
+                r["torch_s"],
+                r["jax_s"],
+                f"**{r['speedup']:.2f}x**",
+                r["torch_gflops"],
+                r["jax_gflops"],
+                f"{100 * r['torch_peak_frac']:.0f}%",
+                f"{100 * r['jax_peak_frac']:.0f}%",
+                r["torch_cpu_s"],
+                r["jax_cpu_s"],
+                f"{r['rel_err']:.1e}" if "rel_err" in r else "(dropout)",
+                r["load_1min"],
+            ]
+        )
+    return common.markdown_table(headers, out)
+
+
+def compile_section(args) -> list[dict]:
+    """Compile time vs depth (language-perceiver widths)."""
+    from benchmarks import compile_memory
+
+    lang = workloads.TINY_LANGUAGE if args.tiny else workloads.LANGUAGE_PERCEIVER
+    depths = (1, 2, 4) if args.tiny else (2, 8, 26)
+    seq_len = 64 if args.tiny else 2048
+    return compile_memory.compile_times(lang, depths, 1, seq_len, repeats=1 if args.tiny else 2)
+
+
+def compile_table(rows: list[dict]) -> str:
+    """Markdown table of compile times, with the ratio to the shallowest model."""
+    base = rows[0]
+    out = [
+        [
+            r["layers"],
+            r["forward_lower_s"],
+            r["forward_compile_s"],
+            f"{r['forward_compile_s'] / base['forward_compile_s']:.2f}x",
+            r["train_lower_s"],
+            r["train_compile_s"],
+            f"{r['train_compile_s'] / base['train_compile_s']:.2f}x",
+        ]
+        for r in rows
+    ]
+    headers = [
+        "self-attention layers",
+        "forward lower s",
+        "forward compile s",
+        "vs shallowest",
+        "train step lower s",
+        "train step compile s",
+        "vs shallowest",
+    ]
+    return common.markdown_table(headers, out)
+
+
+def memory_section(args) -> list[dict]:
+    """Training-step memory per remat policy."""
+    from benchmarks import compile_memory
+
+    lang = workloads.TINY_LANGUAGE if args.tiny else workloads.LANGUAGE_PERCEIVER
+    seq_len = 64 if args.tiny else 2048
+    return compile_memory.remat_memory(lang, ("none", "dots", "full"), args.train_batch, seq_len, args.tiny)
+
+
+def memory_table(rows: list[dict]) -> str:
+    """Markdown table of training memory."""
+    out = [
+        [
+            r["remat"],
+            r["temp_mib"],
+            r["arguments_mib"],
+            r["rss_before_step_mib"],
+            r["peak_rss_mib"],
+            r["peak_rss_mib"] - r["rss_before_step_mib"],
+            r["step_s"],
+        ]
+        for r in rows
+    ]
+    headers = [
+        "remat",
+        "XLA temp MiB",
+        "XLA arguments MiB",
+        "RSS before step MiB",
+        "peak RSS MiB",
+        "step's extra RSS MiB",
+        "step s (1st run)",
+    ]
+    return common.markdown_table(headers, out)
+
+
+def decode_section(args) -> list[dict]:
+    """Optical-flow decoding memory, chunked vs unchunked."""
+    from benchmarks import compile_memory
+
+    if args.tiny:
+        overrides = dict(
+            num_latents=16,
+            d_latents=32,
+            num_self_attends_per_block=1,
+            num_self_attention_heads=2,
+            num_cross_attention_heads=1,
+            train_size=[24, 32],
+        )
+        chunks = (None, 256, 64)
+    else:
+        overrides = dict(
+            num_latents=2048,
+            d_latents=512,
+            d_model=322,
+            num_self_attends_per_block=24,
+            num_self_attention_heads=16,
+            num_cross_attention_heads=1,
+            train_size=[368, 496],
+        )
+        chunks = (None, 32768, 8192, 2048)
+    return compile_memory.decode_memory(overrides, chunks)
+
+
+def decode_table(rows: list[dict]) -> str:
+    """Markdown table of decoding memory."""
+    out = [
+        [r["queries"], "all" if r["chunk_size"] is None else r["chunk_size"], r["temp_mib"], r["compile_s"]]
+        for r in rows
+    ]
+    return common.markdown_table(["decoder queries", "chunk_size", "XLA temp MiB", "compile s"], out)
+
+
+def targets(speed_rows: list[dict], compile_rows: list[dict]) -> list[str]:
+    """One line per target of the issue: met or missed, with the measured value."""
+    lines = []
+    by_name = {(r["workload"], r["batch"]): r for r in speed_rows if "note" not in r}
+    for (name, batch), r in by_name.items():
+        if "vision" in name:
+            continue
+        ok = r["speedup"] >= TARGET_SPEEDUP
+        lines.append(
+            f"{'MET ' if ok else 'MISS'} {name} b{batch}: {r['speedup']:.2f}x HF torch (target >= {TARGET_SPEEDUP}x)"
+        )
+    forward = [r for (name, b), r in by_name.items() if "forward" in name and "vision" not in name and b > 1]
+    for r in forward:
+        ok = r["jax_peak_frac"] >= TARGET_PEAK_FRACTION
+        lines.append(
+            f"{'MET ' if ok else 'MISS'} forward b{r['batch']}: {100 * r['jax_peak_frac']:.0f}% of the measured "
+            f"matmul peak (target >= {100 * TARGET_PEAK_FRACTION:.0f}%)"
+        )
+    if compile_rows:
+        ratio = compile_rows[-1]["forward_compile_s"] / compile_rows[0]["forward_compile_s"]
+        train_ratio = compile_rows[-1]["train_compile_s"] / compile_rows[0]["train_compile_s"]
+        ok = max(ratio, train_ratio) <= TARGET_COMPILE_RATIO
+        lines.append(
+            f"{'MET ' if ok else 'MISS'} compile {compile_rows[-1]['layers']} vs {compile_rows[0]['layers']} "
+            f"layers: forward {ratio:.2f}x, train step {train_ratio:.2f}x (target <= {TARGET_COMPILE_RATIO}x)"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--tiny", action="store_true", help="small stand-in models (a smoke test)")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads of both (default: all)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs of the batch-1 forward (others: -2)")
+    parser.add_argument("--forward-batch", type=int, default=8, help="the larger forward batch")
+    parser.add_argument("--train-batch", type=int, default=2, help="batch of the training-step rows")
+    parser.add_argument(
+        "--prng-impl", default=None, help="JAX PRNG implementation of the dropout masks (default: jax's)"
+    )
+    parser.add_argument(
+        "--sections",
+        default="speed,compile,memory,decode",
+        help="comma-separated subset of speed,compile,memory,decode",
+    )
+    parser.add_argument("--output", help="also write the markdown report to this file")
+    parser.add_argument("--json", help="also write all measurements as JSON to this file")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.repeats, args.forward_batch, args.train_batch = min(args.repeats, 3), 2, 2
+    sections = set(args.sections.split(","))
+    unknown = sections - {"speed", "compile", "memory", "decode"}
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}")
+
+    threads = common.configure_threads(args.threads)
+    started = time.time()
+    info = common.machine_info()
+    results: dict[str, Any] = {"machine": info, "command": "python -m benchmarks." + " ".join(["run", *(argv or sys.argv[1:])])}
+    report = [
+        f"# perceiver-jax vs HF torch{' (--tiny smoke run)' if args.tiny else ''}",
+        "",
+        f"- machine: {info['cpu']}, {info['cores_used']} of {info['cores_online']} cores used, "
+        f"{info['memory_gib']} GiB; load average (1 min) at start {info['load_average_1min']}",
+        f"- threads: torch {info['torch_threads']} intra-op, XLA CPU pool {info['xla_threads']} "
+        f"(process pinned to {threads} CPUs); XLA_FLAGS `{info['XLA_FLAGS']}`",
+        f"- versions: python {info['python']}, jax {info['jax']}, flax {info['flax']}, optax {info['optax']}, "
+        f"torch {info['torch']}, transformers {info['transformers']}, numpy {info['numpy']}",
+        f"- command: `{results['command']}`",
+    ]
+    print("\n".join(report), flush=True)
+    speed_rows: list[dict] = []
+    compile_rows: list[dict] = []
+    if "speed" in sections:
+        sizes = (256, 512) if args.tiny else (1024, 2048, 3072, 4096)
+        peak = common.matmul_peak(sizes, repeats=3 if args.tiny else 5)
+        results["matmul_peak"] = peak
+        line = (
+            f"- float32 matmul peak measured here: **{peak['peak']:.1f} GFLOP/s** (best n x n @ n x n, n in "
+            f"{list(sizes)}; jnp.dot best {max(peak['jax'].values()):.1f}, torch.mm best "
+            f"{max(peak['torch'].values()):.1f})"
+        )
+        report.append(line)
+        print(line, flush=True)
+        speed_rows = speed(args, peak["peak"])
+        results["speed"] = speed_rows
+        report += ["", "## Speed (median wall seconds; CPU s = process CPU time, all threads)", ""]
+        report.append(speed_table(speed_rows, peak["peak"]))
+    if "compile" in sections:
+        compile_rows = compile_section(args)
+        results["compile"] = compile_rows
+        report += ["", "## Compile time vs depth (language-perceiver widths, batch 1)", ""]
+        report.append(compile_table(compile_rows))
+    if "memory" in sections:
+        rows = memory_section(args)
+        results["memory"] = rows
+        report += ["", f"## Training-step memory vs remat (batch {args.train_batch})", ""]
+        report.append(memory_table(rows))
+    if "decode" in sections:
+        rows = decode_section(args)
+        results["decode"] = rows
+        report += ["", "## Optical-flow decoding memory (one frame pair, inference)", ""]
+        report.append(decode_table(rows))
+    lines = targets(speed_rows, compile_rows)
+    if lines:
+        report += ["", "## Targets", ""] + [f"- {line}" for line in lines]
+    report += ["", f"Total benchmark time {time.time() - started:.0f} s; load average at end {os.getloadavg()[0]:.2f}."]
+    text = "\n".join(report)
+    print("\n" + text, flush=True)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text + "\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""The benchmarked workloads: HF torch models with random weights, the same weights in perceiver-jax, their
+inputs, and blocking forward / training-step callables for both frameworks doing identical work.
+
+HF models are built from configs (no hub access) and converted in memory with
+`perceiver_jax.hf.convert_state_dict`, so both frameworks hold bit-identical float32 weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+# Dimensions of the official checkpoints (see ../shared/reference/hf-perceiver.md).
+LANGUAGE_PERCEIVER = dict(qk_channels=256, v_channels=1280)  # transformers.PerceiverConfig() defaults else
+VISION_FOURIER = dict(
+    num_latents=512,
+    d_latents=1024,
+    d_model=261,
+    num_blocks=8,
+    num_self_attends_per_block=6,
+    num_self_attention_heads=8,
+    num_cross_attention_heads=1,
+    num_labels=1000,
+    image_size=224,
+)
+# Small stand-ins with the same structure, for `--tiny` runs (tests) on any machine.
+TINY_LANGUAGE = dict(
+    num_latents=16,
+    d_latents=64,
+    d_model=32,
+    num_self_attends_per_block=2,
+    num_self_attention_heads=4,
+    num_cross_attention_heads=4,
+    qk_channels=32,
+    v_channels=64,
+    max_position_embeddings=64,
+)
+TINY_VISION_FOURIER = dict(VISION_FOURIER, num_latents=16, d_latents=64, num_blocks=2, num_self_attends_per_block=2)
+TINY_VISION_FOURIER.update(num_self_attention_heads=2, num_labels=10, image_size=16)
+
+# AdamW hyper-parameters of both frameworks' training steps (torch.optim.AdamW's defaults but the lr).
+ADAMW = dict(learning_rate=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01)
+
+
+def hf_config(overrides: dict[str, Any]):
+    """A `transformers.PerceiverConfig` with `overrides` on HF's defaults."""
+    import transformers
+
+    return transformers.PerceiverConfig(**overrides)
+
+
+@dataclasses.dataclass
+class Pair:
+    """One model in both frameworks with identical weights.
+
+    Attributes:
+      head: HF class name (also the perceiver-jax `HEADS` key).
+      torch_model: the HF model (eval mode).
+      model: the perceiver-jax head.
+      variables: its Flax variables, converted from `torch_model`'s state dict.
+      num_params: parameter count of the HF model.
+    """
+
+    head: str
+    torch_model: Any
+    model: Any
+    variables: dict[str, Any]
+    num_params: int
+
+
+def build_pair(head: str, overrides: dict[str, Any], seed: int = 0, **head_kwargs) -> Pair:
+    """Builds HF's `head` with random weights (HF's init) and perceiver-jax's with the same weights."""
+    import torch
+    import transformers
+
+    from perceiver_jax import HEADS, PerceiverConfig
+    from perceiver_jax.hf import convert_state_dict
+
+    torch.manual_seed(seed)
+    hf_cfg = hf_config(overrides)
+    torch_model = getattr(transformers, head)(hf_cfg).eval()
+    model = HEADS[head](PerceiverConfig.from_hf(hf_cfg.to_dict()), **head_kwargs)
+    state = {k: v.detach().numpy() for k, v in torch_model.state_dict().items()}
+    variables = convert_state_dict(model, state)
+    num_params = sum(p.numel() for p in torch_model.parameters())
+    return Pair(head, torch_model, model, variables, num_params)
+
+
+def text_batch(vocab_size: int, batch_size: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random token ids `(B, T)`, an attention mask padding rows 1.. to shorter lengths, and MLM labels."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(6, vocab_size, (batch_size, seq_len))
+    mask = np.ones((batch_size, seq_len), np.int64)
+    for b in range(1, batch_size):
+        mask[b, seq_len * (batch_size - b) // (batch_size + 1) :] = 0
+    ids = np.where(mask == 1, ids, 0)
+    labels = rng.integers(0, vocab_size, (batch_size, seq_len))
+    return {"ids": ids, "mask": mask, "labels": labels}
+
+
+def image_batch(batch_size: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Random normalised images `(B, H, W, 3)`, channels last (torch gets them NCHW)."""
+    return np.random.default_rng(seed).standard_normal((batch_size, height, width, 3), dtype=np.float32)
+
+
+def torch_forward(pair: Pair, batch: Any) -> Callable[[], Any]:
+    """HF inference forward (eval mode, `torch.inference_mode`), returning the logits."""
+    import torch
+
+    kwargs = _torch_inputs(pair.head, batch)
+    model = pair.torch_model
+
+    def run():
+        with torch.inference_mode():
+            return model(**kwargs).logits
+
+    return run
+
+
+def jax_forward(pair: Pair, batch: Any) -> tuple[Callable[[], Any], dict[str, float]]:
+    """perceiver-jax jitted inference forward (float32), blocking; also returns lower/compile seconds."""
+    import jax
+
+    args = _jax_inputs(pair.head, batch)
+    model = pair.model
+    start = time.perf_counter()
+    lowered = jax.jit(lambda v, *a: model.apply(v, *a)).lower(pair.variables, *args)
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
+    timing = {"lower_s": lowered_at - start, "compile_s": time.perf_counter() - lowered_at}
+    variables = pair.variables
+    return (lambda: compiled(variables, *args).block_until_ready()), timing
+
+
+def torch_train_step(pair: Pair, batch: dict[str, np.ndarray]) -> Callable[[], Any]:
+    """One HF training step: train mode (attention dropout on), MLM loss, backward, fused AdamW update.
+
+    `fused=True` is torch's fastest AdamW on CPU (one kernel per parameter instead of a chain of ops).
+    """
+    import torch
+
+    model = pair.torch_model
+    kwargs = _torch_inputs(pair.head, batch)
+    labels = torch.from_numpy(batch["labels"])
+    lr = ADAMW["learning_rate"]
+    betas = (ADAMW["b1"], ADAMW["b2"])
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=lr, betas=betas, eps=ADAMW["eps"], weight_decay=ADAMW["weight_decay"], fused=True
+    )
+
+    def step():
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        loss = model(**kwargs, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def make_jax_train_step(model: Any, prng_impl: str | None = None) -> Callable:
+    """`step(params, opt_state, step_index, *inputs, labels) -> (params, opt_state, loss)`: MLM loss,
+    attention dropout on, gradients, optax AdamW; jitted with params and optimiser state donated."""
+    import jax
+    import optax
+
+    optimizer = optax.adamw(**ADAMW)
+
+    def loss_fn(params, rng, args, labels):
+        logits = model.apply({"params": params}, *args, deterministic=False, rngs={"dropout": rng})
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    def step(params, opt_state, step_index, args, labels):
+        rng = jax.random.fold_in(jax.random.key(0, impl=prng_impl), step_index)
+        loss, grads = jax.value_and_grad(loss_fn)(params, rng, args, labels)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return jax.jit(step, donate_argnums=(0, 1)), optimizer
+
+
+def jax_train_step(
+    pair: Pair, batch: dict[str, np.ndarray], prng_impl: str | None = None
+) -> tuple[Callable[[], Any], dict[str, float]]:
+    """perceiver-jax training step doing HF's work (see `make_jax_train_step`), blocking; the state lives
+    in the closure and advances each call. Also returns lower/compile seconds."""
+    import jax
+    import jax.numpy as jnp
+
+    step_fn, optimizer = make_jax_train_step(pair.model, prng_impl)
+    args = _jax_inputs(pair.head, batch)
+    labels = jnp.asarray(batch["labels"], jnp.int32)
+    # Copies: the step donates its state, and the forward benchmarks keep using `pair.variables`.
+    state = {"params": jax.tree.map(jnp.copy, pair.variables["params"])}
+    state["opt"] = optimizer.init(state["params"])
+    state["step"] = 0
+    start = time.perf_counter()
+    lowered = step_fn.lower(state["params"], state["opt"], 0, args, labels)
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
+    timing = {"lower_s": lowered_at - start, "compile_s": time.perf_counter() - lowered_at}
+
+    def run():
+        state["params"], state["opt"], loss = compiled(
+            state["params"], state["opt"], state["step"], args, labels
+        )
+        state["step"] += 1
+        jax.block_until_ready((state["params"], state["opt"], loss))
+        return loss
+
+    return run, timing
+
+
+def _torch_inputs(head: str, batch: Any) -> dict[str, Any]:
+    import torch
+
+    if isinstance(batch, dict):
+        return {"inputs": torch.from_numpy(batch["ids"]), "attention_mask": torch.from_numpy(batch["mask"])}
+    if head.startswith("PerceiverForImageClassification"):
+        return {"inputs": torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2)))}
+    raise ValueError(f"no torch inputs for {head}.")
+
+
+def _jax_inputs(head: str, batch: Any) -> tuple[Any, ...]:
+    import jax.numpy as jnp
+
+    if isinstance(batch, dict):
+        return (jnp.asarray(batch["ids"], jnp.int32), jnp.asarray(batch["mask"], jnp.int32))
+    if head.startswith("PerceiverForImageClassification"):
+        return (jnp.asarray(batch),)
+    raise ValueError(f"no jax inputs for {head}.")

@@ -1,0 +1,102 @@
+"""Shared helpers for parity tests against Hugging Face torch models.
+
+HF's own init (std 0.02) makes Perceiver outputs tiny, so any port looks "close"; `redraw_` re-draws every
+parameter and float buffer at O(1) scale so that a relative error of 1e-5 actually means something.
+"""
+
+import math
+
+import jax
+import numpy as np
+import torch
+from flax.core import meta
+from torch import nn
+
+
+def _normal(generator, shape, std, mean=0.0):
+    return torch.randn(shape, generator=generator, dtype=torch.float32) * std + mean
+
+
+def _uniform(generator, shape, low, high):
+    return torch.rand(shape, generator=generator, dtype=torch.float32) * (high - low) + low
+
+
+def _draw_parameter(generator, module, name, shape):
+    """A fresh O(1) value for parameter `name` of `module` (shape `shape`)."""
+    is_bias = name == "bias"
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
+        return _normal(generator, shape, 0.2) if is_bias else _uniform(generator, shape, 0.9, 1.1)
+    if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and not is_bias:
+        fan_in = math.prod(shape[1:])  # Linear (out, in); conv (out, in / groups, *kernel)
+        return _normal(generator, shape, 1.0 / math.sqrt(fan_in))
+    if is_bias or len(shape) < 2:
+        return _normal(generator, shape, 0.2)
+    # Embedding tables, latents, trainable position tables, padding and mask vectors.
+    return _normal(generator, shape, 1.0)
+
+
+def _draw_buffer(generator, name, shape):
+    """A fresh value for float buffer `name` (BatchNorm statistics or any other float buffer)."""
+    if name == "running_mean":
+        return _normal(generator, shape, 0.1)
+    if name == "running_var":
+        return _uniform(generator, shape, 0.5, 1.5)
+    return _normal(generator, shape, 1.0)
+
+
+@torch.no_grad()
+def redraw_(torch_model, seed=0):
+    """Re-draw, in place, every parameter and float buffer of a HF torch model at O(1) scale.
+
+    Linear/conv weights: normal, std 1/sqrt(fan_in) (conv fan_in = in * kh * kw); LayerNorm/BatchNorm
+    scales: uniform 1 +- 0.1; biases and other 1-D parameters: normal, std 0.2; embedding tables, latents,
+    position tables, padding and mask vectors: normal, std 1; BatchNorm running_mean: normal, std 0.1;
+    running_var: uniform 0.5..1.5. Integer buffers (num_batches_tracked) are left alone.
+
+    Args:
+      torch_model: a `torch.nn.Module` (any HF Perceiver model).
+      seed: the draw is a deterministic function of `seed` and the model's structure.
+    Returns:
+      `torch_model`, for chaining.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for _, module in torch_model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            param.copy_(_draw_parameter(generator, module, name, tuple(param.shape)))
+        for name, buf in module.named_buffers(recurse=False):
+            if buf is not None and buf.is_floating_point():
+                buf.copy_(_draw_buffer(generator, name, tuple(buf.shape)))
+    return torch_model
+
+
+def save_random_hf(cls, hf_config, folder, seed=0, **save_kwargs):
+    """Build `cls(hf_config)` in eval mode, `redraw_` it, `save_pretrained(folder)` and return it.
+
+    Args:
+      cls: a HF model class, e.g. `transformers.PerceiverForMaskedLM`.
+      hf_config: a `transformers.PerceiverConfig`.
+      folder: destination directory (str or path).
+      seed: seed for `redraw_`.
+      **save_kwargs: forwarded to `save_pretrained` (e.g. `max_shard_size`).
+    Returns:
+      The redrawn torch model (eval mode).
+    """
+    torch.manual_seed(seed)
+    model = cls(hf_config).eval()
+    redraw_(model, seed=seed)
+    model.save_pretrained(str(folder), **save_kwargs)
+    return model
+
+
+def max_rel_err(a, b):
+    """max|a - b| / max|b| in float64; `a`, `b` are arrays (numpy, jax or torch) of the same shape."""
+    a = np.asarray(a.detach() if isinstance(a, torch.Tensor) else a, dtype=np.float64)
+    b = np.asarray(b.detach() if isinstance(b, torch.Tensor) else b, dtype=np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def count_params(tree):
+    """Total number of elements in a Flax parameter tree (`nn.Partitioned` boxes are unboxed); leaves may be
+    arrays or `jax.ShapeDtypeStruct`s (from `jax.eval_shape`, to count without allocating)."""
+    return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(meta.unbox(tree))))

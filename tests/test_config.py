@@ -1,0 +1,237 @@
+"""`PerceiverConfig`: HF defaults, reading HF configs in every form, writing them back, validation."""
+
+import dataclasses
+import inspect
+import json
+
+import pytest
+import torch
+import transformers
+
+from perceiver_jax import PerceiverConfig
+
+# The model-specific fields of HF's PerceiverConfig (keyword-only arguments of its constructor).
+HF_FIELDS = [
+    name
+    for name, p in inspect.signature(transformers.PerceiverConfig.__init__).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY
+]
+SMALL = dict(d_model=32, d_latents=48, num_latents=8, num_self_attends_per_block=2, vocab_size=40)
+
+
+def _normalise(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def test_hf_field_list_is_complete():
+    assert len(HF_FIELDS) == 27
+    assert {"num_latents", "cross_attention_shape_for_attention", "_label_trainable_num_channels"} <= set(
+        HF_FIELDS
+    )
+
+
+@pytest.mark.parametrize("name", HF_FIELDS + ["num_labels"])
+def test_defaults_equal_hf(name):
+    ours = getattr(PerceiverConfig(), name)
+    hf = getattr(transformers.PerceiverConfig(), name)
+    assert _normalise(ours) == _normalise(hf)
+
+
+def test_default_labels_match_hf():
+    hf = transformers.PerceiverConfig(**PerceiverConfig().to_hf_dict())
+    assert hf.id2label == transformers.PerceiverConfig().id2label
+    assert hf.label2id == transformers.PerceiverConfig().label2id
+
+
+@pytest.fixture
+def custom_hf():
+    return transformers.PerceiverConfig(
+        num_latents=16,
+        d_latents=64,
+        d_model=40,
+        num_blocks=3,
+        num_self_attends_per_block=2,
+        num_self_attention_heads=4,
+        num_cross_attention_heads=2,
+        qk_channels=32,
+        v_channels=64,
+        cross_attention_shape_for_attention="q",
+        self_attention_widening_factor=4,
+        cross_attention_widening_factor=2,
+        attention_probs_dropout_prob=0.0,
+        use_query_residual=False,
+        vocab_size=100,
+        max_position_embeddings=64,
+        image_size=[32, 48],
+        train_size=[8, 16],
+        id2label={0: "neg", 1: "neu", 2: "pos"},
+        architectures=["PerceiverForSequenceClassification"],
+    )
+
+
+def _check_custom(cfg):
+    assert (cfg.num_latents, cfg.d_latents, cfg.d_model, cfg.num_blocks) == (16, 64, 40, 3)
+    assert (cfg.qk_channels, cfg.v_channels, cfg.cross_attention_shape_for_attention) == (32, 64, "q")
+    assert (cfg.self_attention_widening_factor, cfg.cross_attention_widening_factor) == (4, 2)
+    assert cfg.use_query_residual is False and cfg.attention_probs_dropout_prob == 0.0
+    assert cfg.image_size == (32, 48) and cfg.train_size == (8, 16)
+    assert cfg.id2label == {0: "neg", 1: "neu", 2: "pos"} and cfg.num_labels == 3
+    assert cfg.architectures == ("PerceiverForSequenceClassification",)
+
+
+def test_from_hf_object_dict_json_and_folder(custom_hf, tmp_path):
+    custom_hf.save_pretrained(tmp_path)
+    sources = [custom_hf, custom_hf.to_dict(), json.loads((tmp_path / "config.json").read_text())]
+    sources += [tmp_path / "config.json", str(tmp_path / "config.json"), tmp_path, str(tmp_path)]
+    configs = [PerceiverConfig.from_hf(s) for s in sources]
+    for cfg in configs:
+        _check_custom(cfg)
+    assert all(cfg == configs[0] for cfg in configs)
+
+
+def test_from_hf_ignores_hf_bookkeeping_keys():
+    cfg = PerceiverConfig.from_hf({"d_model": 64, "torch_dtype": "float32", "transformers_version": "9"})
+    assert cfg.d_model == 64
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        PerceiverConfig(),
+        PerceiverConfig(num_labels=5),
+        PerceiverConfig(id2label={0: "a", 1: "b", 2: "c"}),
+        PerceiverConfig(id2label={0: "a", 1: "b"}, label2id={"a": 1, "b": 0}),
+        PerceiverConfig(
+            **SMALL, qk_channels=16, v_channels=48, image_size=(32, 48), problem_type="regression"
+        ),
+        PerceiverConfig(**SMALL, architectures=("PerceiverForMaskedLM",), layer_norm_eps=1e-7),
+    ],
+)
+def test_to_hf_dict_round_trip(cfg, tmp_path):
+    hf = transformers.PerceiverConfig(**cfg.to_hf_dict())
+    for name in HF_FIELDS:
+        assert _normalise(getattr(hf, name)) == _normalise(getattr(cfg, name)), name
+    assert hf.num_labels == cfg.num_labels
+    assert PerceiverConfig.from_hf(hf) == cfg
+    hf.save_pretrained(tmp_path)
+    assert PerceiverConfig.from_hf(tmp_path) == cfg
+    # What HF writes, HF reads back unchanged.
+    assert transformers.PerceiverConfig.from_pretrained(tmp_path).to_dict() == hf.to_dict()
+
+
+def test_to_hf_dict_is_json_serialisable():
+    cfg = PerceiverConfig(id2label={0: "x", 1: "y"}, image_size=(8, 8))
+    data = json.loads(json.dumps(cfg.to_hf_dict()))
+    assert data["model_type"] == "perceiver" and data["id2label"] == {"0": "x", "1": "y"}
+    assert PerceiverConfig.from_hf(data) == cfg
+
+
+def test_to_hf_dict_refuses_values_hf_hard_codes():
+    with pytest.raises(ValueError, match="norm_eps"):
+        PerceiverConfig(norm_eps=1e-6).to_hf_dict()
+    with pytest.raises(ValueError, match="mlm_decoder_num_heads"):
+        PerceiverConfig(mlm_decoder_num_heads=4).to_hf_dict()
+
+
+def test_labels():
+    assert PerceiverConfig().num_labels == 2 and PerceiverConfig().id2label is None
+    assert PerceiverConfig(num_labels=7).num_labels == 7
+    named = PerceiverConfig(id2label={"0": "cat", "1": "dog", "2": "fish"})  # JSON gives string keys
+    assert named.id2label == {0: "cat", 1: "dog", 2: "fish"} and named.num_labels == 3
+    # id2label wins over a stale num_labels, as in HF.
+    assert PerceiverConfig.from_hf({"num_labels": 9, "id2label": {"0": "a", "1": "b"}}).num_labels == 2
+    assert PerceiverConfig.from_hf({"num_labels": 9}).num_labels == 9
+    assert PerceiverConfig.from_hf(transformers.PerceiverConfig(num_labels=4)).num_labels == 4
+    # HF's generated names are the same config as none at all.
+    assert PerceiverConfig(id2label={0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}) == PerceiverConfig(
+        num_labels=3
+    )
+    assert PerceiverConfig(num_labels=3).replace(num_labels=4).num_labels == 4
+    hf = transformers.PerceiverConfig(**named.to_hf_dict())
+    assert hf.id2label == {0: "cat", 1: "dog", 2: "fish"} and hf.label2id == {"cat": 0, "dog": 1, "fish": 2}
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        (dict(num_self_attention_heads=7), "num_self_attention_heads"),
+        (dict(num_cross_attention_heads=3), "num_cross_attention_heads"),
+        (dict(qk_channels=100), "qk_channels"),  # 100 % 8 != 0
+        (dict(num_self_attention_heads=5, d_latents=1280, v_channels=1282), "num_self_attention_heads"),
+        (dict(num_self_attention_heads=5, d_latents=1280, qk_channels=256), "qk_channels"),
+        (dict(num_cross_attention_heads=5, qk_channels=256, v_channels=1280), "num_cross_attention_heads=5"),
+        (dict(d_latents=1280, v_channels=640), "v_channels"),
+        (dict(qk_channels=256), "v_channels"),  # v defaults to qk = 256 != d_latents
+        (dict(num_latents=0), "num_latents"),
+        (dict(d_latents=-8), "d_latents"),
+        (dict(d_model=0), "d_model"),
+        (dict(num_blocks=0), "num_blocks"),
+        (dict(num_self_attends_per_block=-1), "num_self_attends_per_block"),
+        (dict(vocab_size=0), "vocab_size"),
+        (dict(max_position_embeddings=0), "max_position_embeddings"),
+        (dict(num_labels=0), "num_labels"),
+        (dict(self_attention_widening_factor=0), "self_attention_widening_factor"),
+        (dict(qk_channels=0), "qk_channels"),
+        (dict(v_channels=-1280), "v_channels"),
+        (dict(num_latents=2.5), "num_latents"),
+        (dict(image_size=0), "image_size"),
+        (dict(train_size=(368, -1)), "train_size"),
+        (dict(cross_attention_shape_for_attention="qkv"), "cross_attention_shape_for_attention"),
+        (dict(hidden_act="relu"), "hidden_act"),
+        (dict(hidden_act="gelu_new"), "hidden_act"),
+        (dict(attention_probs_dropout_prob=1.0), "attention_probs_dropout_prob"),
+        (dict(attention_probs_dropout_prob=-0.1), "attention_probs_dropout_prob"),
+        (dict(norm_eps=0.0), "norm_eps"),
+    ],
+)
+def test_invalid_values_name_the_field(changes, field):
+    with pytest.raises(ValueError, match=field):
+        PerceiverConfig(**changes)
+    with pytest.raises(ValueError, match=field):
+        PerceiverConfig().replace(**changes)
+    with pytest.raises(ValueError, match=field):
+        PerceiverConfig.from_hf(changes)
+
+
+def test_hf_cannot_run_v_channels_other_than_d_latents():
+    """The check is not stricter than HF: HF builds the model but crashes on the residual."""
+    hf_config = transformers.PerceiverConfig(
+        **SMALL,
+        max_position_embeddings=16,
+        num_self_attention_heads=2,
+        num_cross_attention_heads=2,
+        v_channels=32,
+    )
+    model = transformers.PerceiverForSequenceClassification(hf_config).eval()
+    with pytest.raises(RuntimeError):
+        model(inputs=torch.zeros((1, 16), dtype=torch.long))
+    with pytest.raises(ValueError, match="v_channels"):
+        PerceiverConfig.from_hf(hf_config)
+
+
+def test_other_model_type_is_rejected(tmp_path):
+    transformers.BertConfig(hidden_size=32, num_attention_heads=2).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="model_type is 'bert'"):
+        PerceiverConfig.from_hf(tmp_path)
+    with pytest.raises(ValueError, match="model_type"):
+        PerceiverConfig.from_hf({"model_type": "vit"})
+
+
+def test_invalid_json_and_missing_file(tmp_path):
+    (tmp_path / "config.json").write_text('{"d_model": 64,')
+    with pytest.raises(ValueError, match="not valid JSON"):
+        PerceiverConfig.from_hf(tmp_path)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        PerceiverConfig.from_hf(tmp_path / "nowhere")
+    with pytest.raises(TypeError):
+        PerceiverConfig.from_hf(42)
+
+
+def test_frozen_and_replace():
+    cfg = PerceiverConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.d_model = 3
+    other = cfg.replace(d_model=64, num_blocks=2)
+    assert (other.d_model, other.num_blocks) == (64, 2)
+    assert (cfg.d_model, cfg.num_blocks) == (768, 1)
+    assert other.replace(d_model=768, num_blocks=1) == cfg

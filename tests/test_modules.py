@@ -1,0 +1,289 @@
+"""Fast unit tests of the building blocks: torch-exact linspace and Fourier features, dropout, remat,
+the scanned encoder's parameter layout and trace size, and chunked decoding."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from jax.sharding import PartitionSpec
+from transformers.models.perceiver import modeling_perceiver as hf
+
+from perceiver_jax import PerceiverConfig, PerceiverForMaskedLM, PerceiverForSequenceClassification
+from perceiver_jax.decoders import BasicDecoder
+from perceiver_jax.encoder import PerceiverEncoder
+from perceiver_jax.position_encoding import (
+    TrainablePositionEncoding,
+    fourier_features,
+    linear_positions,
+    torch_linspace,
+)
+
+SMALL = PerceiverConfig(
+    num_latents=8,
+    d_latents=32,
+    d_model=16,
+    num_blocks=2,
+    num_self_attends_per_block=2,
+    num_self_attention_heads=4,
+    num_cross_attention_heads=2,
+    vocab_size=30,
+    max_position_embeddings=12,
+    num_labels=3,
+    attention_probs_dropout_prob=0.5,
+)
+
+LINSPACE_CASES = [
+    (1.0, 7680.0, 192),  # the multimodal audio encoding (192 bands, resolution 15360)
+    (1.0, 112.0, 64),  # Fourier image head, 224 px
+    (1.0, 28.0, 64),  # conv image head, 56 px
+    (1.0, 184.0, 64),  # optical flow, 368 px
+    (1.0, 248.0, 64),
+    (1.0, 8.0, 32),  # multimodal video
+    (-1.0, 1.0, 224),
+    (-1.0, 1.0, 55),
+    (-1.0, 1.0, 496),
+    (-1.0, 1.0, 2),
+    (0.0, 1.0, 1),
+    (-3.5, 2.25, 7),
+    (0.5, 1000.25, 3001),
+]
+
+
+@pytest.mark.parametrize("start, end, steps", LINSPACE_CASES)
+def test_torch_linspace_is_bit_exact(start, end, steps):
+    ours = torch_linspace(start, end, steps)
+    assert ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, torch.linspace(start, end, steps).numpy())
+
+
+def test_torch_linspace_random_sweep():
+    """Endpoints as HF uses them (exactly representable in float32: integers, halves, quarters)."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        start, end = rng.integers(-512, 512) / 4, rng.integers(-40000, 40000) / 2
+        steps = int(rng.integers(1, 3000))
+        np.testing.assert_array_equal(
+            torch_linspace(start, end, steps), torch.linspace(start, end, steps).numpy()
+        )
+
+
+def test_numpy_linspace_is_not_torch_linspace():
+    reference = torch.linspace(1.0, 7680.0, 192).numpy()
+    assert not np.array_equal(np.linspace(1.0, 7680.0, 192, dtype=np.float32), reference)
+    assert not np.array_equal(np.asarray(jnp.linspace(1.0, 7680.0, 192, dtype=jnp.float32)), reference)
+
+
+@pytest.mark.parametrize(
+    "index_dims, max_resolution, num_bands, concat_pos, sine_only",
+    [
+        ((7, 9), (224, 224), 64, True, False),
+        ((6, 5), (56, 56), 16, False, False),
+        ((4, 6), (368, 496), 64, True, True),
+        ((3, 4, 5), (16, 32, 32), 8, True, False),
+        ((2, 3, 4), (16, 224, 224), 32, False, True),
+        ((40,), (15360,), 192, True, False),
+    ],
+)
+def test_fourier_features_match_hf(index_dims, max_resolution, num_bands, concat_pos, sine_only):
+    hf_pos = hf.build_linear_positions(index_dims).reshape(1, -1, len(index_dims))
+    pos = linear_positions(index_dims).reshape(-1, len(index_dims))
+    np.testing.assert_array_equal(pos, hf_pos[0].numpy())
+    reference = hf.generate_fourier_features(hf_pos, num_bands, max_resolution, concat_pos, sine_only)
+    reference = reference.reshape(-1, reference.shape[-1]).numpy()  # (N, C); HF drops the batch axis
+    for ours in (
+        fourier_features(pos, num_bands, max_resolution, concat_pos, sine_only),
+        fourier_features(jnp.asarray(pos), num_bands, max_resolution, concat_pos, sine_only),
+    ):
+        ours = np.asarray(ours)
+        assert ours.shape == reference.shape
+        # Arguments are bit-exact; sin/cos of the same float32 may differ by one ulp between libms.
+        np.testing.assert_allclose(ours, reference, rtol=0, atol=2e-7)
+        if concat_pos:
+            np.testing.assert_array_equal(ours[:, : len(index_dims)], reference[:, : len(index_dims)])
+
+
+def _text_batch(config, batch_size=3, seed=0):
+    rng = np.random.default_rng(seed)
+    length = config.max_position_embeddings
+    ids = rng.integers(0, config.vocab_size, (batch_size, length))
+    mask = np.ones((batch_size, length), np.int32)
+    mask[1, length // 2 :] = 0
+    mask[2, 1:] = 0
+    return jnp.asarray(ids, jnp.int32), jnp.asarray(mask)
+
+
+def _o1(variables, seed=0):
+    """Variables (arrays or shape structs) re-drawn at O(1) scale: HF's 0.02 init gives tiny outputs.
+
+    Drawn on the host: one `jax.random` call per distinct shape would compile a kernel per shape.
+    """
+    rng = np.random.default_rng(seed)
+
+    def draw(x):
+        scale = 0.2 if len(x.shape) == 1 else 1.0 / np.sqrt(x.shape[-2])
+        return jnp.asarray(scale * rng.standard_normal(x.shape, np.float32))
+
+    return jax.tree_util.tree_map(draw, variables)
+
+
+def _rel(a, b):
+    return float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
+
+
+def test_dropout_only_when_not_deterministic():
+    model = PerceiverForSequenceClassification(SMALL)
+    no_dropout = PerceiverForSequenceClassification(SMALL.replace(attention_probs_dropout_prob=0.0))
+    ids, mask = _text_batch(SMALL)
+    variables = _o1(jax.eval_shape(model.init, jax.random.key(0), ids, mask))
+
+    @jax.jit
+    def run(variables, key):
+        def train(m):
+            return m.apply(variables, ids, mask, deterministic=False, rngs={"dropout": key})
+
+        evals = model.apply(variables, ids, mask), no_dropout.apply(variables, ids, mask)
+        return evals + (train(model), train(no_dropout))
+
+    # 'rbg' keys: same dropout code as the default threefry keys, a fraction of the CPU compile time.
+    key = lambda seed: jax.random.key(seed, impl="rbg")  # noqa: E731
+    eval_out, plain, a, plain_train = run(variables, key(1))
+    b = run(variables, key(2))[2]
+    a_again = run(variables, key(1))[2]
+    assert _rel(a, b) > 1e-2 and _rel(a, eval_out) > 1e-2
+    np.testing.assert_array_equal(a, a_again)
+    # Deterministic with dropout configured == the same weights without dropout, in either mode.
+    np.testing.assert_array_equal(eval_out, plain)
+    np.testing.assert_array_equal(eval_out, plain_train)
+    with pytest.raises(Exception, match="dropout"):
+        model.apply(variables, ids, mask, deterministic=False)  # dropout needs an RNG
+
+
+@pytest.fixture(scope="module")
+def mlm_loss_and_grad():
+    """`(config, ids, mask, variables, f)` with f(model) -> jitted (loss, grads) at `variables`."""
+    config = SMALL.replace(attention_probs_dropout_prob=0.0)
+    ids, mask = _text_batch(config)
+    variables = _o1(jax.eval_shape(PerceiverForMaskedLM(config).init, jax.random.key(0), ids, mask))
+
+    def loss_and_grad(model):
+        def loss(v):
+            return jnp.mean(jax.nn.log_softmax(model.apply(v, ids, mask))[..., 0] ** 2)
+
+        return jax.jit(jax.value_and_grad(loss))(variables)
+
+    return config, ids, mask, variables, loss_and_grad, loss_and_grad(PerceiverForMaskedLM(config))
+
+
+@pytest.mark.parametrize("remat", ["full", "dots"])
+def test_remat_keeps_outputs_and_gradients(mlm_loss_and_grad, remat):
+    config, ids, mask, variables, loss_and_grad, (loss, grads) = mlm_loss_and_grad
+    loss_r, grads_r = loss_and_grad(PerceiverForMaskedLM(config, remat=remat))
+    np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
+    flat, flat_r = jax.tree_util.tree_leaves(nn.unbox(grads)), jax.tree_util.tree_leaves(nn.unbox(grads_r))
+    assert len(flat) == len(flat_r) and len(flat) > 20
+    scale = max(float(np.abs(g).max()) for g in flat)
+    assert scale > 1e-3
+    for g, g_r in zip(flat, flat_r):
+        np.testing.assert_allclose(g_r, g, rtol=1e-5, atol=1e-6 * scale)
+
+
+def test_unknown_remat_policy_is_rejected(mlm_loss_and_grad):
+    config, ids, mask, variables, _, _ = mlm_loss_and_grad
+    with pytest.raises(ValueError, match="remat"):
+        PerceiverForMaskedLM(config, remat="some").apply(variables, ids, mask)
+
+
+def _encoder_inputs(config, batch_size=2, length=10):
+    inputs = jnp.ones((batch_size, length, config.d_model), jnp.float32)
+    return inputs, jnp.ones((batch_size, length), jnp.int32)
+
+
+def test_encoder_stacks_layers_with_logical_axes():
+    config = SMALL.replace(num_self_attends_per_block=3)
+    encoder = PerceiverEncoder(config)
+    variables = jax.eval_shape(encoder.init, jax.random.key(0), *_encoder_inputs(config))
+    params = nn.unbox(variables["params"])
+    assert set(params) == {"latents", "cross_attention", "self_attends"}
+    for leaf in jax.tree_util.tree_leaves(params["self_attends"]):
+        assert leaf.shape[0] == 3
+    d = config.d_latents
+    assert params["self_attends"]["attention"]["query"]["kernel"].shape == (3, d, d)
+    assert params["self_attends"]["mlp"]["dense1"]["kernel"].shape == (3, d, d)
+
+    specs = nn.get_partition_spec(variables)["params"]
+    layer = specs["self_attends"]
+    assert layer["attention"]["query"]["kernel"] == PartitionSpec("layers", "embed", "heads")
+    assert layer["attention"]["output"]["kernel"] == PartitionSpec("layers", "heads", "embed")
+    assert layer["attention"]["query"]["bias"] == PartitionSpec("layers", "heads")
+    assert layer["mlp"]["dense1"]["kernel"] == PartitionSpec("layers", "embed", "mlp")
+    assert layer["mlp"]["dense2"]["kernel"] == PartitionSpec("layers", "mlp", "embed")
+    assert layer["query_norm"]["scale"] == PartitionSpec("layers", "embed")
+    cross = specs["cross_attention"]
+    assert cross["attention"]["key"]["kernel"] == PartitionSpec("embed", "heads")
+    assert cross["mlp"]["dense1"]["kernel"] == PartitionSpec("embed", "mlp")
+    assert specs["latents"] == PartitionSpec("latents", "embed")
+    # Every parameter carries names for all of its dimensions.
+    for spec, leaf in zip(
+        jax.tree_util.tree_leaves(specs, is_leaf=lambda x: isinstance(x, PartitionSpec)),
+        jax.tree_util.tree_leaves(params),
+    ):
+        assert len(spec) == leaf.ndim and all(isinstance(name, str) for name in spec)
+
+
+def _trace_sizes(config):
+    encoder = PerceiverEncoder(config)
+    inputs, mask = _encoder_inputs(config)
+    variables = jax.eval_shape(encoder.init, jax.random.key(0), inputs, mask)
+
+    def forward(v, x, m):
+        return encoder.apply(v, x, m)
+
+    jaxpr = str(jax.make_jaxpr(forward)(variables, inputs, mask))
+    hlo = jax.jit(forward).lower(variables, inputs, mask).as_text()
+    return len(jaxpr), len(hlo)
+
+
+def test_trace_size_does_not_grow_with_depth():
+    shallow = _trace_sizes(SMALL.replace(num_blocks=1, num_self_attends_per_block=2))
+    deep = _trace_sizes(SMALL.replace(num_blocks=1, num_self_attends_per_block=24))
+    many_blocks = _trace_sizes(SMALL.replace(num_blocks=8, num_self_attends_per_block=24))
+    for size in (deep, many_blocks):
+        for small, big in zip(shallow, size):
+            assert big <= 1.1 * small, (shallow, size)
+
+
+def test_chunked_decoding_equals_unchunked():
+    num_queries, width = 10, 24
+    config = SMALL
+
+    def decoder(chunk):
+        return BasicDecoder(
+            config,
+            output_num_channels=5,
+            output_position_encodings=TrainablePositionEncoding(num_queries, width),
+            output_index_dims=(num_queries,),
+            num_channels=width,
+            qk_channels=16,
+            v_channels=24,
+            num_heads=4,
+            widening_factor=2,
+            use_query_residual=True,
+            chunk_size=chunk,
+        )
+
+    latents = jax.random.normal(jax.random.key(1), (2, config.num_latents, config.d_latents))
+
+    def forward(module, z):
+        return module(module.decoder_query(z), z)
+
+    variables = nn.init(forward, decoder(None))(jax.random.key(0), latents)
+    # O(1) weights, so that a wrong mapping of chunks to queries could not hide in small outputs.
+    variables = _o1(variables)
+    full = jax.jit(nn.apply(forward, decoder(None)))(variables, latents)
+    assert full.shape == (2, num_queries, 5)
+    # 1 and 3: padded last chunk; 5: exact split; 16: one chunk covers all queries.
+    for chunk_size in (1, 3, 5, 16):
+        chunked = jax.jit(nn.apply(forward, decoder(chunk_size)))(variables, latents)
+        np.testing.assert_allclose(chunked, full, rtol=0, atol=1e-6 * float(np.abs(full).max()))
