@@ -81,15 +81,10 @@ def compile_times(
     return rows
 
 
-def train_memory_analysis(overrides: dict[str, Any], remat: str, batch_size: int, seq_len: int) -> dict:
-    """XLA's memory accounting (MiB) of the compiled masked-LM training step with `remat`."""
-    model = _mlm(overrides, remat=remat)
-    args, labels = _abstract_text_inputs(batch_size, seq_len)
-    step, params, opt_state = _abstract_train_state(model, args)
-    compiled, _, _ = _lower_compile(step, params, opt_state, 0, args, labels)
+def _memory_stats(compiled) -> dict[str, float]:
+    """XLA's accounting of a compiled program, in MiB."""
     stats = compiled.memory_analysis()
     return {
-        "remat": remat,
         "arguments_mib": stats.argument_size_in_bytes / MIB,
         "temp_mib": stats.temp_size_in_bytes / MIB,
         "output_mib": stats.output_size_in_bytes / MIB,
@@ -98,15 +93,16 @@ def train_memory_analysis(overrides: dict[str, Any], remat: str, batch_size: int
 
 
 def remat_memory(
-    overrides: dict[str, Any], remats: Sequence[str], batch_size: int, seq_len: int, tiny: bool
+    remats: Sequence[str], batch_size: int, seq_len: int, tiny: bool, prng_impl: str | None = None
 ) -> list[dict[str, Any]]:
-    """Per remat policy: XLA's accounting and the peak RSS of a fresh process running one step."""
+    """Per remat policy, from a fresh process running one masked-LM training step: XLA's accounting of
+    the compiled step and the process's peak RSS."""
     rows = []
     for remat in remats:
-        row = train_memory_analysis(overrides, remat, batch_size, seq_len)
         worker_args = ["worker", "--remat", remat, "--batch", str(batch_size), "--seq-len", str(seq_len)]
-        row.update(common.run_worker("benchmarks.compile_memory", worker_args + (["--tiny"] if tiny else [])))
-        rows.append(row)
+        worker_args += ["--tiny"] if tiny else []
+        worker_args += ["--prng-impl", prng_impl] if prng_impl else []
+        rows.append(dict(remat=remat, **common.run_worker("benchmarks.compile_memory", worker_args)))
     return rows
 
 
@@ -127,26 +123,20 @@ def decode_memory(flow_overrides: dict[str, Any], chunk_sizes: Sequence[int | No
         params = jax.eval_shape(model.init, jax.random.key(0), frames)
         forward = jax.jit(lambda v, x: model.apply(v, x))
         compiled, _, compile_s = _lower_compile(forward, params, frames)
-        stats = compiled.memory_analysis()
-        rows.append(
-            {
-                "queries": config.train_size[0] * config.train_size[1],
-                "chunk_size": chunk,
-                "temp_mib": stats.temp_size_in_bytes / MIB,
-                "arguments_mib": stats.argument_size_in_bytes / MIB,
-                "compile_s": compile_s,
-            }
-        )
+        row = {"queries": config.train_size[0] * config.train_size[1], "chunk_size": chunk}
+        rows.append(dict(row, compile_s=compile_s, **_memory_stats(compiled)))
     return rows
 
 
 def _worker(argv: Sequence[str]) -> None:
-    """Fresh-process measurement: build the masked-LM, run one training step, print peak RSS as JSON."""
+    """Fresh-process measurement: build the masked-LM, compile and run one training step, print XLA's
+    memory accounting, the RSS before the step and the peak RSS as JSON."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--remat", required=True)
     parser.add_argument("--batch", type=int, required=True)
     parser.add_argument("--seq-len", type=int, required=True)
     parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--prng-impl", default=None)
     args = parser.parse_args(argv)
     import jax
     import jax.numpy as jnp
@@ -156,7 +146,7 @@ def _worker(argv: Sequence[str]) -> None:
     batch = workloads.text_batch(model.config.vocab_size, args.batch, args.seq_len)
     inputs = (jnp.asarray(batch["ids"], jnp.int32), jnp.asarray(batch["mask"], jnp.int32))
     labels = jnp.asarray(batch["labels"], jnp.int32)
-    step, optimizer = workloads.make_jax_train_step(model)
+    step, optimizer = workloads.make_jax_train_step(model, args.prng_impl)
     params = jax.jit(model.init)(jax.random.key(0), *inputs)["params"]
     opt_state = optimizer.init(params)
     compiled = step.lower(params, opt_state, 0, inputs, labels).compile()
@@ -167,7 +157,8 @@ def _worker(argv: Sequence[str]) -> None:
     jax.block_until_ready((params, opt_state, loss))
     seconds = time.perf_counter() - start
     peak = common.peak_rss_mib()
-    print(json.dumps({"rss_before_step_mib": before, "peak_rss_mib": peak, "step_s": seconds}))
+    result = {"rss_before_step_mib": before, "peak_rss_mib": peak, "step_s": seconds}
+    print(json.dumps(dict(result, **_memory_stats(compiled))))
 
 
 if __name__ == "__main__":

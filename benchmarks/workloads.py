@@ -121,7 +121,8 @@ def torch_forward(pair: Pair, batch: Any) -> Callable[[], Any]:
 
 
 def jax_forward(pair: Pair, batch: Any) -> tuple[Callable[[], Any], dict[str, float]]:
-    """perceiver-jax jitted inference forward (float32), blocking; also returns lower/compile seconds."""
+    """perceiver-jax jitted inference forward (float32), blocking; also returns lower/compile seconds and
+    the compiled program (`{"lower_s", "compile_s", "compiled"}`)."""
     import jax
 
     args = _jax_inputs(pair.head, batch)
@@ -130,7 +131,7 @@ def jax_forward(pair: Pair, batch: Any) -> tuple[Callable[[], Any], dict[str, fl
     lowered = jax.jit(lambda v, *a: model.apply(v, *a)).lower(pair.variables, *args)
     lowered_at = time.perf_counter()
     compiled = lowered.compile()
-    timing = {"lower_s": lowered_at - start, "compile_s": time.perf_counter() - lowered_at}
+    timing = {"lower_s": lowered_at - start, "compile_s": time.perf_counter() - lowered_at, "compiled": compiled}
     variables = pair.variables
     return (lambda: compiled(variables, *args).block_until_ready()), timing
 
@@ -187,7 +188,7 @@ def jax_train_step(
     pair: Pair, batch: dict[str, np.ndarray], prng_impl: str | None = None
 ) -> tuple[Callable[[], Any], dict[str, float]]:
     """perceiver-jax training step doing HF's work (see `make_jax_train_step`), blocking; the state lives
-    in the closure and advances each call. Also returns lower/compile seconds."""
+    in the closure and advances each call. Also returns `{"lower_s", "compile_s", "compiled"}`."""
     import jax
     import jax.numpy as jnp
 
@@ -202,7 +203,7 @@ def jax_train_step(
     lowered = step_fn.lower(state["params"], state["opt"], 0, args, labels)
     lowered_at = time.perf_counter()
     compiled = lowered.compile()
-    timing = {"lower_s": lowered_at - start, "compile_s": time.perf_counter() - lowered_at}
+    timing = {"lower_s": lowered_at - start, "compile_s": time.perf_counter() - lowered_at, "compiled": compiled}
 
     def run():
         state["params"], state["opt"], loss = compiled(

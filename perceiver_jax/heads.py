@@ -173,21 +173,24 @@ def _image_size(config: PerceiverConfig) -> tuple[int, int]:
 class _ImageClassifier(PerceiverHead):
     """Image classifier: RGB images `(B, H, W, 3)`, channels last -> logits `(B, num_labels)`.
 
-    Subclasses give the `ImagePreprocessor`; the decoder is HF's classification decoder. The modules are
-    built per call (so the conv stem's batch norm can follow `deterministic`): with `deterministic=False`
-    the batch norm (conv head only) uses batch statistics and updates `batch_stats`, so apply with
-    `mutable=['batch_stats']` (and a 'dropout' RNG for attention dropout).
+    Subclasses give the `ImagePreprocessor`; the decoder is HF's classification decoder. With
+    `deterministic=False` the conv stem's batch norm (conv head only) uses batch statistics and updates
+    `batch_stats`, so apply with `mutable=['batch_stats']` (and a 'dropout' RNG for attention dropout).
     """
 
-    def _image_preprocessor(self, deterministic: bool) -> ImagePreprocessor:
-        """The head's preprocessor (unbound); `deterministic=False` trains a conv stem's batch norm."""
+    def _image_preprocessor(self) -> ImagePreprocessor:
+        """The head's preprocessor."""
         raise NotImplementedError
+
+    def setup(self):
+        self.perceiver = self._perceiver(
+            input_preprocessor=self._image_preprocessor(), decoder=self._classification_decoder()
+        )
 
     def example_inputs(self, batch_size: int = 1) -> tuple[Any, ...]:
         """Zero images `(batch_size, *image_size, 3)`."""
         return (jnp.zeros((batch_size, *_image_size(self.config), 3), jnp.float32),)
 
-    @nn.compact
     def __call__(
         self, inputs: jax.Array, deterministic: bool = True, interpolate_pos_encoding: bool = False
     ) -> jax.Array:
@@ -200,13 +203,7 @@ class _ImageClassifier(PerceiverHead):
             raise ValueError(
                 f"images must be RGB (batch, height, width, 3), channels last; got shape {inputs.shape}."
             )
-        # Modules built in a compact method belong to the head; their unbound copies are adopted by
-        # `perceiver`, so parameter paths mirror HF's (perceiver/input_preprocessor/..., perceiver/decoder/...).
-        perceiver = self._perceiver(
-            input_preprocessor=self._image_preprocessor(deterministic).copy(parent=None),
-            decoder=self._classification_decoder().copy(parent=None),
-        )
-        logits, _ = perceiver(
+        logits, _ = self.perceiver(
             inputs, deterministic=deterministic, interpolate_pos_encoding=interpolate_pos_encoding
         )
         return logits.astype(jnp.float32)
@@ -218,7 +215,7 @@ class PerceiverForImageClassificationLearned(_ImageClassifier):
     learned `image_size`^2-position table projected to `image_learned_project_pos_dim`. Images of another
     size need `interpolate_pos_encoding=True`."""
 
-    def _image_preprocessor(self, deterministic: bool) -> ImagePreprocessor:
+    def _image_preprocessor(self) -> ImagePreprocessor:
         cfg = self.config
         height, width = _image_size(cfg)
         table = TrainablePositionEncoding(
@@ -234,7 +231,6 @@ class PerceiverForImageClassificationLearned(_ImageClassifier):
             spatial_downsample=1,
             out_channels=cfg.image_learned_conv_channels,
             project_pos_dim=cfg.image_learned_project_pos_dim,
-            deterministic=deterministic,
             init_std=cfg.initializer_range,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -246,7 +242,7 @@ class PerceiverForImageClassificationFourier(_ImageClassifier):
     `deepmind/vision-perceiver-fourier`): `image_fourier_num_bands` bands at `image_fourier_max_resolution`;
     any image size."""
 
-    def _image_preprocessor(self, deterministic: bool) -> ImagePreprocessor:
+    def _image_preprocessor(self) -> ImagePreprocessor:
         cfg = self.config
         return ImagePreprocessor(
             FourierPositionEncoding(
@@ -254,7 +250,6 @@ class PerceiverForImageClassificationFourier(_ImageClassifier):
             ),
             prep_type="pixels",
             spatial_downsample=1,
-            deterministic=deterministic,
             init_std=cfg.initializer_range,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -266,7 +261,7 @@ class PerceiverForImageClassificationConvProcessing(_ImageClassifier):
     `deepmind/vision-perceiver-conv`): `Conv2DDownsample` (4x, `image_conv_channels`, batch norm) and 2-D
     Fourier positions (`image_conv_num_bands` at `image_conv_max_resolution`); any image size."""
 
-    def _image_preprocessor(self, deterministic: bool) -> ImagePreprocessor:
+    def _image_preprocessor(self) -> ImagePreprocessor:
         cfg = self.config
         return ImagePreprocessor(
             FourierPositionEncoding(
@@ -275,7 +270,6 @@ class PerceiverForImageClassificationConvProcessing(_ImageClassifier):
             prep_type="conv",
             spatial_downsample=1,
             out_channels=cfg.image_conv_channels,
-            deterministic=deterministic,
             init_std=cfg.initializer_range,
             dtype=self.dtype,
             param_dtype=self.param_dtype,

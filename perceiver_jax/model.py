@@ -61,7 +61,7 @@ class PerceiverModel(nn.Module):
         modality_sizes, inputs_without_pos = None, None
         if self.input_preprocessor is not None:
             inputs, modality_sizes, inputs_without_pos = self.input_preprocessor(
-                inputs, interpolate_pos_encoding=interpolate_pos_encoding
+                inputs, interpolate_pos_encoding=interpolate_pos_encoding, deterministic=deterministic
             )
         elif inputs.ndim != 3 or inputs.shape[-1] != self.config.d_model:
             raise ValueError(

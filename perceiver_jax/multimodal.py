@@ -185,7 +185,9 @@ class MultimodalPreprocessor(nn.Module):
         return (1 - mask) * tokens + mask * token[None]
 
     @nn.compact
-    def __call__(self, inputs: Mapping[str, jax.Array], interpolate_pos_encoding: bool = False):
+    def __call__(
+        self, inputs: Mapping[str, jax.Array], interpolate_pos_encoding: bool = False, deterministic: bool = True
+    ):
         """Preprocesses `inputs` {modality: raw input}.
 
         Returns `(tokens (B, M, C), {modality: M_m}, {modality: tokens without positions})`.

@@ -25,6 +25,7 @@ def torch_linspace(start: float, end: float, steps: int) -> np.ndarray:
     torch fills the first half forwards from `start` and the second half backwards from `end` with a
     float32 step, in double precision. Returns `(steps,)` float32.
     """
+    start, end = np.float32(start), np.float32(end)  # torch holds the endpoints as float32 scalars
     if steps == 1:
         return np.array([start], np.float32)
     step = np.float32(np.float32(end - start) / np.float32(steps - 1))

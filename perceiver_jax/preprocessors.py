@@ -1,6 +1,7 @@
 """Input preprocessors: raw inputs -> `(B, M, C)` arrays the encoder cross-attends to.
 
-Every preprocessor returns `(inputs, modality_sizes, inputs_without_pos)` like HF's: the encoder input,
+Every preprocessor is called as `(inputs, interpolate_pos_encoding=False, deterministic=True)` (the
+last two matter only where a preprocessor has a learned table or trains batch statistics) and returns `(inputs, modality_sizes, inputs_without_pos)` like HF's: the encoder input,
 the per-modality token counts (multimodal only, else None) and the features before position encodings
 (used by decoders that concatenate the preprocessed input to their queries).
 """
@@ -57,7 +58,7 @@ class TextPreprocessor(nn.Module):
         """C, the width of the preprocessed inputs."""
         return self.d_model
 
-    def __call__(self, inputs: jax.Array, interpolate_pos_encoding: bool = False):
+    def __call__(self, inputs: jax.Array, interpolate_pos_encoding: bool = False, deterministic: bool = True):
         """`inputs` int `(B, T)` -> (`(B, T, C)`, None, embeddings without positions `(B, T, C)`)."""
         check_token_ids(inputs, self.vocab_size, self.max_position_embeddings)
         embeddings = self.embeddings(inputs)
@@ -87,7 +88,7 @@ def check_token_ids(inputs: jax.Array, vocab_size: int, max_length: int) -> None
 class OneHotPreprocessor(nn.Module):
     """One-hot (or any per-example) vectors `(B, C)` -> a single input token `(B, 1, C)`."""
 
-    def __call__(self, inputs: jax.Array, interpolate_pos_encoding: bool = False):
+    def __call__(self, inputs: jax.Array, interpolate_pos_encoding: bool = False, deterministic: bool = True):
         """`inputs` `(B, C)` -> (`(B, 1, C)`, None, `(B, 1, C)`)."""
         if inputs.ndim != 2:
             raise ValueError(f"one-hot inputs must have shape (batch, channels); got {inputs.shape}.")

@@ -178,7 +178,6 @@ class ImagePreprocessor(nn.Module):
       conv2d_use_batchnorm: batch norm in the 'conv' stem.
       concat_or_add_pos: 'concat' or 'add' the position encoding.
       project_pos_dim: if > 0, `positions_projection` maps the position encoding to this width.
-      deterministic: default of `__call__`'s `deterministic` (False: the stem's batch norm trains).
       init_std: std of the normal initialiser of kernels.
     """
 
@@ -191,7 +190,6 @@ class ImagePreprocessor(nn.Module):
     conv2d_use_batchnorm: bool = True
     concat_or_add_pos: str = "concat"
     project_pos_dim: int = -1
-    deterministic: bool = True
     init_std: float = 0.02
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -287,22 +285,20 @@ class ImagePreprocessor(nn.Module):
 
     @nn.compact
     def __call__(
-        self, inputs: jax.Array, interpolate_pos_encoding: bool = False, deterministic: bool | None = None
+        self, inputs: jax.Array, interpolate_pos_encoding: bool = False, deterministic: bool = True
     ):
         """Preprocesses images `(B, H, W, C)` or videos `(B, T, H, W, C)`.
 
         Args:
           inputs: channels-last images or videos.
           interpolate_pos_encoding: resize a learned square position table to the featurised grid.
-          deterministic: None: the `deterministic` attribute; False: the 'conv' stem's batch norm uses
-            and updates batch statistics (apply with `mutable=['batch_stats']`).
+          deterministic: False: the 'conv' stem's batch norm uses and updates batch statistics (apply with `mutable=['batch_stats']`).
 
         Returns:
           `(tokens (B, M, C_in + C_pos) or (B, M, C_pos) when added, None, features without positions
           (B, M, C_in))`, M the number of featurised positions.
         """
         self._check_settings(inputs)
-        deterministic = self.deterministic if deterministic is None else deterministic
         features = self._featurize(inputs.astype(self.dtype), deterministic)
         batch_size, index_dims = features.shape[0], tuple(features.shape[1:-1])
         features = features.reshape(batch_size, math.prod(index_dims), features.shape[-1])

@@ -32,7 +32,6 @@ from perceiver_jax.parity import main as parity_main
 
 TOL = 1e-5
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HEADS = ("PerceiverForMaskedLM", "PerceiverForSequenceClassification")
 BASE = dict(
     d_model=32,
     d_latents=48,
@@ -115,15 +114,18 @@ def padded_batch(vocab_size, length, seed=0):
 
 
 def torch_logits(torch_model, ids, mask):
+    """HF logits (numpy) for int `ids` and `mask` `(B, T)`."""
     with torch.no_grad():
         return torch_model(inputs=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
 
 
 def jax_logits(model, variables, ids, mask):
+    """perceiver-jax logits (numpy, jitted) for int `ids` and `mask` `(B, T)`."""
     return np.asarray(jax.jit(model.apply)(variables, jnp.asarray(ids, jnp.int32), jnp.asarray(mask)))
 
 
 def hf_config(overrides=None, **extra):
+    """A small `transformers.PerceiverConfig`: `BASE` updated with `overrides` and `extra`."""
     return transformers.PerceiverConfig(**{**BASE, **(overrides or {}), **extra})
 
 
@@ -135,7 +137,7 @@ def random_variables(model, *inputs, seed=0):
     def draw(path, leaf):
         name, shape = path[-1].key, leaf.shape
         if name == "scale":
-            return 1.0 + 0.1 * rng.uniform(-1, 1, shape).astype(np.float32)
+            return jnp.asarray(1.0 + 0.1 * rng.uniform(-1, 1, shape), jnp.float32)
         std = 1.0 / np.sqrt(shape[-2]) if name == "kernel" else (0.2 if len(shape) == 1 else 1.0)
         return jnp.asarray(std * rng.standard_normal(shape, np.float32))
 

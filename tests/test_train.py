@@ -21,6 +21,7 @@ import pytest
 
 from jax.experimental.compilation_cache import compilation_cache
 
+import perceiver_jax
 from configs import mlm_tiny
 from perceiver_jax import PerceiverConfig, PerceiverForSequenceClassification
 from train import checkpoint, report, trainer
@@ -145,11 +146,17 @@ def test_two_processes_shard_train_checkpoint_and_resume_on_another_mesh(referen
     np.testing.assert_allclose(train_losses(tmp_path), reference[1], rtol=1e-4)
 
 
-def test_fine_tuning_copies_the_mlm_encoder(reference, tmp_path):
+def test_fine_tuning_copies_the_mlm_encoder_and_exports(reference, tmp_path, monkeypatch):
+    exported = []
+    monkeypatch.setattr(perceiver_jax, "save_pretrained", lambda *args: exported.append(args), raising=False)
     config = tiny_config(task="seqcls", init_from=str(reference[0]), optimizer="lamb", learning_rate=0.0)
-    config.update_from_flattened_dict({"num_train_steps": 1, "schedule": "constant"})
+    config.update_from_flattened_dict({"num_train_steps": 1, "schedule": "constant", "export_hf": True})
     summary = trainer.train_and_evaluate(config, str(tmp_path))
     assert 0.5 <= summary["eval_baseline"] < 1 and 0 <= summary["eval_accuracy"] <= 1
+    [(model, variables, path)] = exported
+    assert isinstance(model, PerceiverForSequenceClassification) and path == os.path.join(tmp_path, "hf")
+    assert model.config.id2label == {0: "real", 1: "shuffled"}
+    assert variables["params"]["perceiver"]["decoder"]["decoder"]["final_layer"]["kernel"].shape == (32, 2)
     # With learning rate 0 the fine-tuned checkpoint still holds exactly the pretrained subtrees.
     model_config = PerceiverConfig(**TINY_MODEL)
     ids = jnp.zeros((1, 32), jnp.int32)

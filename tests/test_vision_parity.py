@@ -105,7 +105,7 @@ def _random_hf(name: str, kwargs, seed: int = 0):
     with torch.device("meta"):
         model = getattr(transformers, name)(_hf_config(kwargs))
     model = model.to_empty(device="cpu").eval()
-    for buffer_name, buffer in model.named_buffers():
+    for buffer in model.buffers():
         if not buffer.is_floating_point():  # BatchNorm's num_batches_tracked
             buffer.zero_()
     return redraw_(model, seed)

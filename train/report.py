@@ -58,7 +58,10 @@ def plot_curves(workdir: str, accuracy_name: str, baseline_name: str) -> str:
     """Draws train/eval loss and eval accuracy (with the baseline) from `metrics.jsonl` into
     `workdir/loss_curve.png`; returns its path."""
     records = read_metrics(workdir)
-    series = lambda split, key: zip(*[(r["step"], r[key]) for r in records if r["split"] == split and key in r])
+
+    def series(split, key):  # (steps, values)
+        return zip(*[(r["step"], r[key]) for r in records if r["split"] == split and key in r])
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for split in ("train", "eval"):
         points = list(series(split, "loss"))
