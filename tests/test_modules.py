@@ -248,12 +248,15 @@ def _trace_sizes(config):
 
 
 def test_trace_size_does_not_grow_with_depth():
+    # Depth within a block (one block: the encoder skips the loop over blocks).
     shallow = _trace_sizes(SMALL.replace(num_blocks=1, num_self_attends_per_block=2))
     deep = _trace_sizes(SMALL.replace(num_blocks=1, num_self_attends_per_block=24))
+    # Number of weight-shared blocks.
+    two_blocks = _trace_sizes(SMALL.replace(num_blocks=2, num_self_attends_per_block=2))
     many_blocks = _trace_sizes(SMALL.replace(num_blocks=8, num_self_attends_per_block=24))
-    for size in (deep, many_blocks):
-        for small, big in zip(shallow, size):
-            assert big <= 1.1 * small, (shallow, size)
+    for base, size in ((shallow, deep), (two_blocks, many_blocks)):
+        for small, big in zip(base, size):
+            assert big <= 1.1 * small, (base, size)
 
 
 def test_chunked_decoding_equals_unchunked():
