@@ -21,7 +21,7 @@ MIB = 2**20
 def _mlm(overrides: dict[str, Any], **head_kwargs):
     from perceiver_jax import HEADS, PerceiverConfig
 
-    config = PerceiverConfig.from_hf(workloads.hf_config(overrides).to_dict())
+    config = PerceiverConfig(**overrides)
     return HEADS["PerceiverForMaskedLM"](config, **head_kwargs)
 
 
@@ -96,25 +96,28 @@ def remat_memory(
     remats: Sequence[str], batch_size: int, seq_len: int, tiny: bool, prng_impl: str | None = None
 ) -> list[dict[str, Any]]:
     """Per remat policy, from a fresh process running one masked-LM training step: XLA's accounting of
-    the compiled step and the process's peak RSS."""
-    rows = []
-    for remat in remats:
+    the compiled step and the process's peak RSS. The processes run one after the other, except for
+    `tiny` models (a smoke test), which run at the same time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def measure(remat: str) -> dict[str, Any]:
         worker_args = ["worker", "--remat", remat, "--batch", str(batch_size), "--seq-len", str(seq_len)]
         worker_args += ["--tiny"] if tiny else []
         worker_args += ["--prng-impl", prng_impl] if prng_impl else []
-        rows.append(dict(remat=remat, **common.run_worker("benchmarks.compile_memory", worker_args)))
-    return rows
+        return dict(remat=remat, **common.run_worker("benchmarks.compile_memory", worker_args))
+
+    with ThreadPoolExecutor(max_workers=len(remats) if tiny else 1) as pool:
+        return list(pool.map(measure, remats))
 
 
 def decode_memory(flow_overrides: dict[str, Any], chunk_sizes: Sequence[int | None]) -> list[dict[str, Any]]:
     """XLA's memory accounting (MiB) of the optical-flow head's inference forward (one frame pair: H*W
     decoder queries) with each decoder `chunk_size` (None: all queries at once)."""
     import jax
-    import jax.numpy as jnp
 
     from perceiver_jax import HEADS, PerceiverConfig
 
-    config = PerceiverConfig.from_hf(workloads.hf_config(flow_overrides).to_dict())
+    config = PerceiverConfig(**flow_overrides)
     rows = []
     for chunk in chunk_sizes:
         model = HEADS["PerceiverForOpticalFlow"](config, chunk_size=chunk)

@@ -112,9 +112,7 @@ def classification_decoder_flops(config: PerceiverConfig) -> int:
     """Forward FLOPs per example of HF's classification decoder (one query of width d_latents)."""
     d = config.d_latents
     qk = _cross_qk(config, d, d, None)
-    shape = AttentionShape(
-        1, d, config.num_latents, d, qk, qk, config.classification_decoder_widening_factor
-    )
+    shape = AttentionShape(1, d, config.num_latents, d, qk, qk, config.classification_decoder_widening_factor)
     return _total(attention_layer_flops(shape)) + 2 * d * config.num_labels
 
 

@@ -45,9 +45,7 @@ BF16_PEAK_TFLOPS = (
 )
 
 VISION_HEADS = {
-    "PerceiverForImageClassificationLearned": dict(
-        workloads.VISION_FOURIER, d_model=512, image_size=224
-    ),
+    "PerceiverForImageClassificationLearned": dict(workloads.VISION_FOURIER, d_model=512, image_size=224),
     "PerceiverForImageClassificationFourier": workloads.VISION_FOURIER,
     "PerceiverForImageClassificationConvProcessing": dict(workloads.VISION_FOURIER, d_model=322),
 }
@@ -75,7 +73,9 @@ def cudnn_precondition(config) -> str | None:
     return None
 
 
-def compile_with_fallback(build: Callable[[str], Any], lower_args: Callable[[Any], tuple]) -> tuple[Any, str, str]:
+def compile_with_fallback(
+    build: Callable[[str], Any], lower_args: Callable[[Any], tuple]
+) -> tuple[Any, str, str]:
     """Compiles `build('cudnn')` (a jitted function) and falls back to `build('xla')` if that fails.
 
     `lower_args(fn)` returns the lowered program of `fn`. Returns `(compiled, implementation, note)`.
@@ -83,7 +83,11 @@ def compile_with_fallback(build: Callable[[str], Any], lower_args: Callable[[Any
     import jax
 
     if jax.default_backend() != "gpu":
-        return lower_args(build("xla")).compile(), "xla", f"cudnn needs a GPU (backend: {jax.default_backend()})"
+        return (
+            lower_args(build("xla")).compile(),
+            "xla",
+            f"cudnn needs a GPU (backend: {jax.default_backend()})",
+        )
     try:
         compiled = lower_args(build("cudnn")).compile()
         calls = compiled.as_text().count("__cudnn$fmha")
@@ -103,7 +107,7 @@ def train_mfu(args) -> dict[str, Any]:
 
     overrides = dict(workloads.TINY_LANGUAGE if args.tiny else workloads.LANGUAGE_PERCEIVER)
     overrides["attention_probs_dropout_prob"] = args.attention_dropout
-    config = PerceiverConfig.from_hf(workloads.hf_config(overrides).to_dict())
+    config = PerceiverConfig(**overrides)
     seq_len = 64 if args.tiny else 2048
     batch = workloads.text_batch(config.vocab_size, args.batch, seq_len)
     inputs = (jnp.asarray(batch["ids"], jnp.int32), jnp.asarray(batch["mask"], jnp.int32))
@@ -175,7 +179,7 @@ def vision_throughput(args) -> list[dict[str, Any]]:
             rows.append({"head": name, "note": f"{head} not in perceiver_jax.heads.HEADS"})
             continue
         overrides = TINY_VISION if args.tiny else overrides
-        config = PerceiverConfig.from_hf(workloads.hf_config(overrides).to_dict())
+        config = PerceiverConfig(**overrides)
         size = overrides["image_size"]
         images = jnp.asarray(workloads.image_batch(args.image_batch, size, size))
 
@@ -206,7 +210,9 @@ def vision_throughput(args) -> list[dict[str, Any]]:
             "images_per_s": args.image_batch / seconds,
         }
         try:
-            row["tflops"] = flops.model_flops(head, config, args.image_batch, height=size, width=size) / seconds / 1e12
+            row["tflops"] = (
+                flops.model_flops(head, config, args.image_batch, height=size, width=size) / seconds / 1e12
+            )
         except NotImplementedError:
             row["tflops"] = None
         rows.append(row)
@@ -229,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tiny:
         args.batch, args.image_batch, args.steps, args.warmup = 2, 2, 2, 1
+        common.add_xla_flags(common.TINY_XLA_FLAGS)
 
     import jax
 
@@ -239,7 +246,17 @@ def main(argv: list[str] | None = None) -> int:
     print("\n## Training step, bf16 compute / float32 params, AdamW\n")
     print(
         common.markdown_table(
-            ["workload", "batch x seq", "attention", "step s", "tokens/s", "TFLOP/s", "bf16 peak", "MFU", "note"],
+            [
+                "workload",
+                "batch x seq",
+                "attention",
+                "step s",
+                "tokens/s",
+                "TFLOP/s",
+                "bf16 peak",
+                "MFU",
+                "note",
+            ],
             [
                 [
                     train["workload"],
@@ -262,8 +279,15 @@ def main(argv: list[str] | None = None) -> int:
         common.markdown_table(
             ["head", "batch", "image", "attention", "images/s", "TFLOP/s", "note"],
             [
-                [r["head"], r.get("batch"), r.get("image"), r.get("attention"), r.get("images_per_s"),
-                 r.get("tflops"), r["note"]]
+                [
+                    r["head"],
+                    r.get("batch"),
+                    r.get("image"),
+                    r.get("attention"),
+                    r.get("images_per_s"),
+                    r.get("tflops"),
+                    r["note"],
+                ]
                 for r in vision
             ],
         ),

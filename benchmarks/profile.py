@@ -17,6 +17,7 @@ import math
 import re
 import sys
 import tempfile
+import time
 from typing import Any, Callable
 
 from benchmarks import common, workloads
@@ -88,19 +89,20 @@ def jax_op_profile(run: Callable[[], Any], hlo_text: str) -> dict[str, Any]:
     """Traces one call of `run` (blocking) and returns per-instruction times and the summary."""
     import jax
 
+    options = jax.profiler.ProfileOptions()
+    options.python_tracer_level = 0  # XLA's events only, no Python call tracing
     with tempfile.TemporaryDirectory() as folder:
-        with jax.profiler.trace(folder):
+        with jax.profiler.trace(folder, profiler_options=options):
+            start = time.perf_counter()
             run()
+            wall = (time.perf_counter() - start) * 1e3
         path = glob.glob(f"{folder}/**/*.xplane.pb", recursive=True)[0]
         data = jax.profiler.ProfileData.from_file(path)
         times: collections.Counter = collections.Counter()
         counts: collections.Counter = collections.Counter()
-        wall = 0.0
         for plane in data.planes:
             for line in plane.lines:
                 for event in line.events:
-                    if event.name.startswith("ThunkExecutor::Execute (wait"):
-                        wall = max(wall, event.duration_ns / 1e6)
                     # Per-op events sit on XLA's worker threads; executor and pool events wrap them.
                     if "XLA" not in line.name or event.name.startswith(("ThunkExecutor", "SlinkyThreadPool")):
                         continue
@@ -111,8 +113,14 @@ def jax_op_profile(run: Callable[[], Any], hlo_text: str) -> dict[str, Any]:
     for name, ms in times.most_common():
         shape, path = index.describe(name)
         ops.append(
-            {"op": name, "ms": ms, "count": counts[name], "gflop": index.flops(name) * counts[name] / 1e9,
-             "shape": shape, "source": path}
+            {
+                "op": name,
+                "ms": ms,
+                "count": counts[name],
+                "gflop": index.flops(name) * counts[name] / 1e9,
+                "shape": shape,
+                "source": path,
+            }
         )
     dot_ms = sum(o["ms"] for o in ops if o["gflop"])
     return {
@@ -135,12 +143,34 @@ def jax_report(profile: dict[str, Any], top: int) -> str:
         "",
     ]
     rows = [
-        [o["op"], o["count"], o["ms"], f"{100 * o['ms'] / p['op_ms']:.1f}%",
-         o["gflop"] / (o["ms"] / 1e3) if o["gflop"] else None, o["shape"], o["source"][-90:]]
+        [
+            o["op"],
+            o["count"],
+            o["ms"],
+            f"{100 * o['ms'] / p['op_ms']:.1f}%",
+            o["gflop"] / (o["ms"] / 1e3) if o["gflop"] else None,
+            o["shape"],
+            o["source"][-90:],
+        ]
         for o in p["ops"][:top]
     ]
     headers = ["HLO op", "calls", "ms", "share", "GFLOP/s", "shape", "source"]
     return "\n".join(lines) + common.markdown_table(headers, rows)
+
+
+TORCH_MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm")
+
+
+def torch_matmul_ms(run: Callable[[], Any]) -> dict[str, float]:
+    """Milliseconds of one call of `run` under `torch.profiler`: in total and in matrix-multiply ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        run()
+        total = time.perf_counter() - start
+    matmul = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in TORCH_MATMUL_OPS)
+    return {"wall_ms": total * 1e3, "dot_ms": matmul / 1e3}
 
 
 def torch_report(run: Callable[[], Any], top: int) -> str:
@@ -154,7 +184,9 @@ def torch_report(run: Callable[[], Any], top: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--workload", choices=("forward", "train"), default="forward")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--tiny", action="store_true")
@@ -162,8 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frameworks", default="jax,torch", help="comma-separated: jax, torch")
     parser.add_argument("--prng-impl", default=None, help="JAX PRNG of the dropout masks (train)")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument(
+        "--plain", action="store_true", help="without the tuned settings of benchmarks.common"
+    )
     args = parser.parse_args(argv)
-    common.configure_threads(args.threads)
+    if not args.plain:
+        common.reexec_with_tuned_env("benchmarks.profile", sys.argv[1:] if argv is None else argv)
+    common.configure_threads(args.threads, tuned=not args.plain)
     overrides = workloads.TINY_LANGUAGE if args.tiny else workloads.LANGUAGE_PERCEIVER
     seq_len = 64 if args.tiny else 2048
     pair = workloads.build_pair("PerceiverForMaskedLM", overrides)

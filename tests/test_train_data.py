@@ -39,7 +39,11 @@ def test_masking_follows_bert_rates_and_spares_special_tokens(corpus):
     inputs, targets, picked = batch["inputs"], batch["targets"], batch["weights"].astype(bool)
     is_byte = targets >= 6
     assert not picked[~is_byte].any()
-    assert (targets[:, 0] == CLS_ID).all() and (targets[:, 201] == SEP_ID).all() and (targets[:, 202:] == 0).all()
+    assert (
+        (targets[:, 0] == CLS_ID).all()
+        and (targets[:, 201] == SEP_ID).all()
+        and (targets[:, 202:] == 0).all()
+    )
     np.testing.assert_array_equal(inputs[~picked], targets[~picked])
     assert picked.sum() / is_byte.sum() == pytest.approx(0.15, abs=0.005)
     as_mask = inputs[picked] == MASK_ID
@@ -65,7 +69,9 @@ def test_batches_are_deterministic_resumable_and_split_across_processes(corpus, 
     batch = next(resumed)
     for k in batch:
         np.testing.assert_array_equal(batch[k], batches[2][k])
-    assert not np.array_equal(next(data.BatchIterator(source, 8, np.arange(8), seed=4))["targets"], batches[0]["targets"])
+    assert not np.array_equal(
+        next(data.BatchIterator(source, 8, np.arange(8), seed=4))["targets"], batches[0]["targets"]
+    )
     # A 20-example source: two batches per epoch, then a new epoch in a new order.
     path = tmp_path / "small.txt"
     path.write_bytes(bytes(range(65, 65 + 20)) * 30)
@@ -100,9 +106,17 @@ def test_word_order_dataset_is_fixed_balanced_and_keeps_the_bytes(corpus):
 
 
 def test_decay_mask_spares_biases_and_norm_scales():
-    config = PerceiverConfig(num_latents=4, d_latents=16, d_model=8, num_self_attends_per_block=1,
-                             num_self_attention_heads=2, num_cross_attention_heads=2, max_position_embeddings=16,
-                             mlm_decoder_qk_channels=8, mlm_decoder_num_heads=2)
+    config = PerceiverConfig(
+        num_latents=4,
+        d_latents=16,
+        d_model=8,
+        num_self_attends_per_block=1,
+        num_self_attention_heads=2,
+        num_cross_attention_heads=2,
+        max_position_embeddings=16,
+        mlm_decoder_qk_channels=8,
+        mlm_decoder_num_heads=2,
+    )
     params = PerceiverForMaskedLM(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 16), jnp.int32))["params"]
     for boxed in (True, False):
         tree = params if boxed else nn.unbox(params)
@@ -115,8 +129,14 @@ def test_decay_mask_spares_biases_and_norm_scales():
 
 def test_lamb_schedule_is_constant_then_cosine_and_scaled_by_batch():
     config = ml_collections.ConfigDict(
-        dict(learning_rate=5e-4, lr_batch_scaling=True, global_batch_size=512, num_train_steps=100,
-             schedule="constant_cosine", warmup_steps=0)
+        dict(
+            learning_rate=5e-4,
+            lr_batch_scaling=True,
+            global_batch_size=512,
+            num_train_steps=100,
+            schedule="constant_cosine",
+            warmup_steps=0,
+        )
     )
     schedule = optim.learning_rate_schedule(config)
     assert schedule(0) == schedule(49) == pytest.approx(1e-3)

@@ -20,7 +20,14 @@ from perceiver_jax import PerceiverConfig
 
 # Config fields that may differ between a pretraining checkpoint and a model fine-tuned from it: the heads,
 # their labels and the dropout rate.
-_NOT_COPIED = ("num_labels", "id2label", "label2id", "architectures", "problem_type", "attention_probs_dropout_prob")
+_NOT_COPIED = (
+    "num_labels",
+    "id2label",
+    "label2id",
+    "architectures",
+    "problem_type",
+    "attention_probs_dropout_prob",
+)
 
 
 def _manager(directory: str, **options) -> ocp.CheckpointManager:
@@ -31,7 +38,11 @@ def _differences(saved: dict, current: dict, ignore: tuple[str, ...] = ()) -> li
     """'field: checkpoint X, config Y' for every field that differs (after a JSON round trip)."""
     current = json.loads(json.dumps(current))
     keys = sorted((set(saved) | set(current)) - set(ignore))
-    return [f"{k}: checkpoint {saved.get(k)!r}, config {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+    return [
+        f"{k}: checkpoint {saved.get(k)!r}, config {current.get(k)!r}"
+        for k in keys
+        if saved.get(k) != current.get(k)
+    ]
 
 
 class Checkpointer:
@@ -50,7 +61,11 @@ class Checkpointer:
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.meta = meta
         self.manager = _manager(
-            self.directory, save_interval_steps=every, max_to_keep=keep, enable_async_checkpointing=use_async, create=True
+            self.directory,
+            save_interval_steps=every,
+            max_to_keep=keep,
+            enable_async_checkpointing=use_async,
+            create=True,
         )
 
     def latest_step(self) -> int | None:
@@ -82,7 +97,9 @@ class Checkpointer:
     def save(self, step: int, state: Any, data_state: dict[str, int], force: bool = False) -> bool:
         """Starts saving `state` at `step` if `step` is a save step (or `force`); returns whether it did."""
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(self.meta)
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(data_state),
+            meta=ocp.args.JsonSave(self.meta),
         )
         return self.manager.save(step, args=args, force=force)
 
@@ -111,7 +128,9 @@ def load_params(workdir: str, abstract: dict[str, Any], model_config: PerceiverC
     if step is None:
         raise FileNotFoundError(f"config.init_from: no checkpoint in {directory}.")
     saved = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    ignore = _NOT_COPIED + tuple(k for k in saved["model_config"] if k.startswith(("mlm_", "classification_")))
+    ignore = _NOT_COPIED + tuple(
+        k for k in saved["model_config"] if k.startswith(("mlm_", "classification_"))
+    )
     problems = _differences(saved["model_config"], model_config.to_dict(), ignore=ignore)
     if problems:
         raise ValueError(
@@ -119,7 +138,9 @@ def load_params(workdir: str, abstract: dict[str, Any], model_config: PerceiverC
             "values. Differences:\n  " + "\n  ".join(problems)
         )
     target = {"params": abstract}
-    args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)
+    args = ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+    )
     restored = manager.restore(step, args=ocp.args.Composite(state=args))["state"]["params"]
     manager.close()
     return restored

@@ -84,7 +84,11 @@ def encode(window: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Bytes `(n,)`, n <= seq_len - 2 -> (ids `[CLS] bytes+6 [SEP] [PAD]...` int32 `(seq_len,)`, attention
     mask int32 `(seq_len,)`), the `PerceiverTokenizer` encoding padded to `seq_len`."""
     ids = np.zeros(seq_len, np.int32)
-    ids[0], ids[1 : len(window) + 1], ids[len(window) + 1] = CLS_ID, window.astype(np.int32) + NUM_SPECIAL_TOKENS, SEP_ID
+    ids[0], ids[1 : len(window) + 1], ids[len(window) + 1] = (
+        CLS_ID,
+        window.astype(np.int32) + NUM_SPECIAL_TOKENS,
+        SEP_ID,
+    )
     return ids, (ids != 0).astype(np.int32)
 
 
@@ -138,13 +142,17 @@ class WordOrder:
     def __call__(self, index: int, rng: np.random.Generator) -> Example:
         del rng  # the dataset is fixed: its randomness depends on the window only
         window = self.windows[index]
-        fixed = np.random.default_rng([0x5EC, int(self.windows.starts[index]), int(self.windows.doc_ids[index])])
+        fixed = np.random.default_rng(
+            [0x5EC, int(self.windows.starts[index]), int(self.windows.doc_ids[index])]
+        )
         label = int(fixed.integers(2))
         if label:
             words = bytes(window).split(b" ")
             window = np.frombuffer(b" ".join(words[i] for i in fixed.permutation(len(words))), np.uint8)
         inputs, attention_mask = encode(window, self.seq_len)
-        return dict(inputs=inputs, attention_mask=attention_mask, targets=np.int32(label), weights=np.float32(1))
+        return dict(
+            inputs=inputs, attention_mask=attention_mask, targets=np.int32(label), weights=np.float32(1)
+        )
 
 
 def local_rows(sharding: jax.sharding.Sharding, global_batch: int) -> np.ndarray:
@@ -157,7 +165,8 @@ def local_rows(sharding: jax.sharding.Sharding, global_batch: int) -> np.ndarray
 def to_global(local: Example, sharding: jax.sharding.Sharding, global_batch: int) -> dict[str, jax.Array]:
     """This process's rows (arrays `(len(local_rows), ...)`) -> global arrays `(global_batch, ...)`."""
     return {
-        k: jax.make_array_from_process_local_data(sharding, v, (global_batch,) + v.shape[1:]) for k, v in local.items()
+        k: jax.make_array_from_process_local_data(sharding, v, (global_batch,) + v.shape[1:])
+        for k, v in local.items()
     }
 
 
@@ -198,13 +207,18 @@ class BatchIterator:
         if self.position + self.global_batch > len(self.source):
             self.epoch, self.position = self.epoch + 1, 0
         if self._order[0] != self.epoch:
-            self._order = (self.epoch, np.random.default_rng([self.seed, self.epoch]).permutation(len(self.source)))
+            self._order = (
+                self.epoch,
+                np.random.default_rng([self.seed, self.epoch]).permutation(len(self.source)),
+            )
         indices = self._order[1][self.position + self.rows]
         self.position += self.global_batch
         return _stack([self.source(i, np.random.default_rng([self.seed, self.epoch, i])) for i in indices])
 
 
-def eval_batches(source: Source, global_batch: int, rows: np.ndarray, seed: int, max_batches: int) -> Iterator[Example]:
+def eval_batches(
+    source: Source, global_batch: int, rows: np.ndarray, seed: int, max_batches: int
+) -> Iterator[Example]:
     """The eval split in order, in global batches (at most `max_batches`; -1: all), this process's rows.
 
     Masking is fixed (seeded by (seed, index)). The last batch is padded with copies of example 0 whose

@@ -28,7 +28,9 @@ def learning_rate_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     peak, total = peak_learning_rate(config), config.num_train_steps
     if config.schedule == "warmup_cosine":
         if not 0 <= config.warmup_steps < total:
-            raise ValueError(f"config.warmup_steps={config.warmup_steps} must be in [0, num_train_steps={total}).")
+            raise ValueError(
+                f"config.warmup_steps={config.warmup_steps} must be in [0, num_train_steps={total})."
+            )
         return optax.warmup_cosine_decay_schedule(0.0, peak, config.warmup_steps, total, 0.0)
     if config.schedule == "constant_cosine":
         half = total // 2
@@ -44,11 +46,15 @@ def decay_mask(params: Any) -> Any:
     """Bool tree over `params` (boxed or not): weight-decay everything except biases and norm scales
     (leaves named 'bias' or 'scale'); position tables and latents are decayed."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: path[-1].key not in ("bias", "scale"), params, is_leaf=lambda x: isinstance(x, nn.Partitioned)
+        lambda path, _: path[-1].key not in ("bias", "scale"),
+        params,
+        is_leaf=lambda x: isinstance(x, nn.Partitioned),
     )
 
 
-def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+def make_optimizer(
+    config: ml_collections.ConfigDict, schedule: optax.Schedule
+) -> optax.GradientTransformation:
     """Gradient clipping (global norm `config.clip_grad_norm`, 0 = off) then the chosen optimiser.
 
     'adamw': AdamW with decoupled weight decay on `decay_mask`.

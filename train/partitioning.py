@@ -26,12 +26,16 @@ def make_mesh(data: int, fsdp: int, tensor: int) -> jax.sharding.Mesh:
     devices). Uses the first data*fsdp*tensor devices; raises ValueError if there are not enough."""
     sizes = [data, fsdp, tensor]
     if any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
-        raise ValueError(f"config.mesh sizes must be positive, with at most one -1; got {dict(zip(MESH_AXES, sizes))}.")
+        raise ValueError(
+            f"config.mesh sizes must be positive, with at most one -1; got {dict(zip(MESH_AXES, sizes))}."
+        )
     count = jax.device_count()
     if -1 in sizes:
         known = -math.prod(sizes)
         if count % known:
-            raise ValueError(f"config.mesh {dict(zip(MESH_AXES, sizes))}: {count} devices are not a multiple of {known}.")
+            raise ValueError(
+                f"config.mesh {dict(zip(MESH_AXES, sizes))}: {count} devices are not a multiple of {known}."
+            )
         sizes[sizes.index(-1)] = count // known
     needed = math.prod(sizes)
     if needed > count:
@@ -68,10 +72,14 @@ def _fit(names: tuple, shape: tuple[int, ...], mesh: jax.sharding.Mesh, notes: s
         where = f"parameters {names} of shape {shape}: dimension {i} ({dim})"
         named = (axes,) if isinstance(axes, str) else axes if isinstance(axes, tuple) else (None,)
         if axes is not None and not set(named) <= set(mesh.axis_names):
-            notes.add(f"{where} has logical name {names[i]!r}, which is no axis name; that dimension is replicated")
+            notes.add(
+                f"{where} has logical name {names[i]!r}, which is no axis name; that dimension is replicated"
+            )
             axes = None
         elif dim % _size(mesh, axes):
-            notes.add(f"{where} is not divisible by mesh axes {axes} (size {_size(mesh, axes)}); it is replicated")
+            notes.add(
+                f"{where} is not divisible by mesh axes {axes} (size {_size(mesh, axes)}); it is replicated"
+            )
             axes = None
         fitted.append(axes)
     return PartitionSpec(*fitted)

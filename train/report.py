@@ -86,10 +86,14 @@ def write_summary(workdir: str, summary: dict) -> None:
     """Prints the run's summary and writes it to `workdir/summary.json`."""
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    timing = f"{summary['seconds']:.0f}s, first step incl. compilation {summary['first_step_seconds'] or 0:.1f}s"
+    timing = (
+        f"{summary['seconds']:.0f}s, first step incl. compilation {summary['first_step_seconds'] or 0:.1f}s"
+    )
     if summary["step"] < summary["num_train_steps"]:
-        print(f"\n{summary['task']}: stopped after step {summary['step']} of {summary['num_train_steps']} ({timing}); "
-              "rerun with the same --workdir to resume.")
+        print(
+            f"\n{summary['task']}: stopped after step {summary['step']} of {summary['num_train_steps']} ({timing}); "
+            "rerun with the same --workdir to resume."
+        )
         return
     print(
         f"\n{summary['task']}: {summary['step']} steps ({timing})\n"

@@ -74,7 +74,9 @@ class Task:
         return model_config
 
 
-def _text_windows(config: ml_collections.ConfigDict, model_config: PerceiverConfig) -> tuple[data.Windows, ...]:
+def _text_windows(
+    config: ml_collections.ConfigDict, model_config: PerceiverConfig
+) -> tuple[data.Windows, ...]:
     """Train and eval windows of `seq_len - 2` bytes (room for [CLS] and [SEP]) of `config.data.files`."""
     seq_len = config.data.seq_len
     if not 3 <= seq_len <= model_config.max_position_embeddings:
@@ -83,7 +85,9 @@ def _text_windows(config: ml_collections.ConfigDict, model_config: PerceiverConf
             f"{model_config.max_position_embeddings}]."
         )
     docs = data.load_documents(config.data.files)
-    return tuple(data.Windows(docs, seq_len - 2, split, config.data.holdout_every) for split in ("train", "eval"))
+    return tuple(
+        data.Windows(docs, seq_len - 2, split, config.data.holdout_every) for split in ("train", "eval")
+    )
 
 
 def _mlm_sources(config: ml_collections.ConfigDict, model_config: PerceiverConfig) -> tuple[data.Source, ...]:
@@ -92,17 +96,25 @@ def _mlm_sources(config: ml_collections.ConfigDict, model_config: PerceiverConfi
             f"masked LM: config.data.seq_len={config.data.seq_len} must equal the decoder's output length "
             f"{model_config.mlm_num_queries} (model.max_position_embeddings or model.mlm_decoder_num_queries)."
         )
-    return tuple(data.MaskedBytes(w, config.data.seq_len, config.data.mask_prob) for w in _text_windows(config, model_config))
+    return tuple(
+        data.MaskedBytes(w, config.data.seq_len, config.data.mask_prob)
+        for w in _text_windows(config, model_config)
+    )
 
 
-def _word_order_sources(config: ml_collections.ConfigDict, model_config: PerceiverConfig) -> tuple[data.Source, ...]:
+def _word_order_sources(
+    config: ml_collections.ConfigDict, model_config: PerceiverConfig
+) -> tuple[data.Source, ...]:
     return tuple(data.WordOrder(w, config.data.seq_len) for w in _text_windows(config, model_config))
 
 
 TASKS: dict[str, Task] = {
     # Byte-level masked language modelling (BERT masking); the baseline predicts the most frequent byte.
     "mlm": Task(
-        "PerceiverForMaskedLM", _mlm_sources, accuracy_name="masked-byte accuracy", baseline_name="unigram baseline"
+        "PerceiverForMaskedLM",
+        _mlm_sources,
+        accuracy_name="masked-byte accuracy",
+        baseline_name="unigram baseline",
     ),
     # Text classification: real vs word-shuffled snippets (`data.WordOrder`).
     "seqcls": Task("PerceiverForSequenceClassification", _word_order_sources, labels=data.WordOrder.LABELS),

@@ -45,8 +45,16 @@ class TrainState:
 
 
 def train_step(
-    state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, task: tasks.Task,
-    tx: optax.GradientTransformation, schedule: optax.Schedule, grad_shardings: Any, accum: int, label_smoothing: float,
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    model: nn.Module,
+    task: tasks.Task,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    grad_shardings: Any,
+    accum: int,
+    label_smoothing: float,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimiser step on a global batch (arrays `(B, ...)`), accumulating gradients over `accum`
     micro-batches (micro-batch a holds rows a, a + accum, ...: each device keeps its own rows).
@@ -81,11 +89,15 @@ def train_step(
         grad_norm=optax.tree.norm(grads),
         learning_rate=schedule(state.step),
     )
-    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
+    new_state = state.replace(
+        step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
+    )
     return new_state, metrics
 
 
-def eval_step(params: Any, batch: dict[str, jax.Array], *, model: nn.Module, task: tasks.Task) -> dict[str, jax.Array]:
+def eval_step(
+    params: Any, batch: dict[str, jax.Array], *, model: nn.Module, task: tasks.Task
+) -> dict[str, jax.Array]:
     """Loss sums of a global eval batch (no dropout, no label smoothing); see `tasks.classification_sums`."""
     return task.loss(model.apply({"params": params}, *(batch[k] for k in task.inputs)), batch)
 
@@ -105,7 +117,9 @@ def _save_pretrained():
     try:
         from perceiver_jax import save_pretrained
     except ImportError as e:
-        raise ImportError("config.export_hf=True needs perceiver_jax.save_pretrained (perceiver_jax/hf.py).") from e
+        raise ImportError(
+            "config.export_hf=True needs perceiver_jax.save_pretrained (perceiver_jax/hf.py)."
+        ) from e
     return save_pretrained
 
 
@@ -129,7 +143,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         _save_pretrained()
     model_config = task.model_config(config)
     model = HEADS[task.head](
-        model_config, dtype=DTYPES[config.dtype], param_dtype=jnp.float32, remat=config.remat,
+        model_config,
+        dtype=DTYPES[config.dtype],
+        param_dtype=jnp.float32,
+        remat=config.remat,
         attention_implementation=config.attention_implementation,
     )
     schedule = optim.learning_rate_schedule(config)
@@ -151,9 +168,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     rng = jax.random.PRNGKey(config.seed)
     boxed = jax.eval_shape(init, rng)
     shardings = partitioning.state_shardings(boxed, mesh)
-    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.unbox(boxed), shardings)
+    abstract = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.unbox(boxed), shardings
+    )
     meta = dict(task=config.task, model_config=model_config.to_dict())
-    ckpt = checkpoint.Checkpointer(workdir, meta, config.checkpoint_every, config.max_checkpoints, config.async_checkpointing)
+    ckpt = checkpoint.Checkpointer(
+        workdir, meta, config.checkpoint_every, config.max_checkpoints, config.async_checkpointing
+    )
     restored = ckpt.restore(abstract)
     if restored is not None:
         state, data_state = restored
@@ -174,14 +195,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         param_bytes=sum(x.nbytes for x in leaves),
         param_bytes_per_device=sum(x.addressable_shards[0].data.nbytes for x in leaves),
     )
-    log.info("%(parameters)d parameters, %(param_bytes)d bytes, %(param_bytes_per_device)d on one device", sizes)
+    log.info(
+        "%(parameters)d parameters, %(param_bytes)d bytes, %(param_bytes_per_device)d on one device", sizes
+    )
 
     # --- Steps: jitted with explicit shardings; the state is donated.
     replicated = NamedSharding(mesh, PartitionSpec())
     p_train_step = jax.jit(
         functools.partial(
-            train_step, model=model, task=task, tx=tx, schedule=schedule, grad_shardings=shardings.params,
-            accum=config.grad_accum_steps, label_smoothing=config.label_smoothing,
+            train_step,
+            model=model,
+            task=task,
+            tx=tx,
+            schedule=schedule,
+            grad_shardings=shardings.params,
+            accum=config.grad_accum_steps,
+            label_smoothing=config.label_smoothing,
         ),
         in_shardings=(shardings, batch_sharding),
         out_shardings=(shardings, replicated),
@@ -195,25 +224,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     def evaluate(params) -> dict[str, float]:
         sums = None
-        for local in data.eval_batches(eval_source, batch_size, rows, config.data.seed, config.num_eval_batches):
+        for local in data.eval_batches(
+            eval_source, batch_size, rows, config.data.seed, config.num_eval_batches
+        ):
             out = p_eval_step(params, data.to_global(local, batch_sharding, batch_size))
             sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
         sums = jax.device_get(sums)
         weight = max(float(sums["weight"]), 1.0)
         return dict(
-            loss=sums["loss"] / weight, accuracy=sums["correct"] / weight, baseline=sums["target_counts"].max() / weight
+            loss=sums["loss"] / weight,
+            accuracy=sums["correct"] / weight,
+            baseline=sums["target_counts"].max() / weight,
         )
 
     # --- Loop.
     total, tokens_per_step = config.num_train_steps, batch_size * config.data.seq_len
     writer = report.MetricsWriter(workdir, start_step, enabled=primary)
-    bar = tqdm.tqdm(total=total, initial=start_step, disable=not primary, unit="step", dynamic_ncols=True, desc=config.task)
+    bar = tqdm.tqdm(
+        total=total,
+        initial=start_step,
+        disable=not primary,
+        unit="step",
+        dynamic_ncols=True,
+        desc=config.task,
+    )
     eval_metrics, first_step_seconds, step = None, None, start_step
     tick = time.perf_counter()
     try:
         with logging_redirect_tqdm([log]):
             while step < total:
-                state, metrics = p_train_step(state, data.to_global(next(train_iter), batch_sharding, batch_size))
+                state, metrics = p_train_step(
+                    state, data.to_global(next(train_iter), batch_sharding, batch_size)
+                )
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 step += 1
                 if not np.isfinite(metrics["loss"]):
@@ -226,7 +268,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 first_step_seconds = first_step_seconds or seconds  # includes compilation
                 metrics.update(examples_per_s=batch_size / seconds, tokens_per_s=tokens_per_step / seconds)
                 bar.set_postfix(
-                    loss=f"{metrics['loss']:.4f}", ex_s=f"{metrics['examples_per_s']:.1f}",
+                    loss=f"{metrics['loss']:.4f}",
+                    ex_s=f"{metrics['examples_per_s']:.1f}",
                     tok_s=f"{metrics['tokens_per_s']:.0f}",
                 )
                 bar.update()
@@ -235,7 +278,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if step % config.eval_every == 0 or step == total:
                     eval_metrics = evaluate(state.params)
                     writer.write(step, "eval", eval_metrics)
-                    log.info("step %d eval: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items()))
+                    log.info(
+                        "step %d eval: %s", step, ", ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items())
+                    )
                 stop = step == config.stop_after_step
                 ckpt.save(step, state, train_iter.state(), force=step == total or stop)
                 if stop:
@@ -249,8 +294,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # --- End: final eval, export, loss curve, summary (a run stopped early skips eval and export).
     summary = dict(
-        task=config.task, step=step, num_train_steps=total, seconds=time.perf_counter() - start_time,
-        first_step_seconds=first_step_seconds, **sizes,
+        task=config.task,
+        step=step,
+        num_train_steps=total,
+        seconds=time.perf_counter() - start_time,
+        first_step_seconds=first_step_seconds,
+        **sizes,
     )
     if step == total:
         eval_metrics = eval_metrics or evaluate(state.params)

@@ -1,0 +1,175 @@
+"""The benchmark scripts: analytic FLOP counts against torch's FLOP counter run on the HF models, and smoke
+runs of `python -m benchmarks.run --tiny` (all four sections, in two runs) and `python -m benchmarks.gpu
+--tiny` (on CPU, where the GPU script must fall back from cuDNN to XLA attention) that print every table."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import transformers
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks import flops, gpu, workloads
+from perceiver_jax import PerceiverConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SMALL = dict(
+    num_latents=8,
+    d_latents=32,
+    d_model=16,
+    num_blocks=2,
+    num_self_attends_per_block=2,
+    num_self_attention_heads=2,
+    num_cross_attention_heads=1,
+    max_position_embeddings=24,
+    num_labels=5,
+)
+TEXT = dict(seq_len=20)
+IMAGE = dict(height=6, width=5)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models on one thread: OpenMP threads waiting on each other make them 50x slower on busy cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _torch_inputs(dims: dict[str, int]) -> torch.Tensor:
+    if "seq_len" in dims:
+        return torch.randint(0, 262, (3, dims["seq_len"]))
+    return torch.randn(3, 3, dims["height"], dims["width"])
+
+
+@pytest.mark.parametrize(
+    "head, overrides, dims",
+    [
+        ("PerceiverForMaskedLM", dict(qk_channels=8, v_channels=32), TEXT),
+        ("PerceiverForMaskedLM", dict(cross_attention_shape_for_attention="q"), TEXT),
+        ("PerceiverForSequenceClassification", dict(qk_channels=8, v_channels=32), TEXT),
+        ("PerceiverForImageClassificationFourier", {}, IMAGE),
+        ("PerceiverForImageClassificationFourier", dict(self_attention_widening_factor=2), IMAGE),
+    ],
+)
+def test_analytic_flops_equal_torch_flop_counter(head, overrides, dims, one_torch_thread):
+    """Forward and training-step (forward + backward) FLOPs of the HF model as torch counts them."""
+    torch.manual_seed(0)
+    hf_config = transformers.PerceiverConfig(**SMALL, **overrides)
+    config = PerceiverConfig.from_hf(hf_config.to_dict())
+    model = getattr(transformers, head)(hf_config)
+    inputs = _torch_inputs(dims)
+    with FlopCounterMode(display=False) as forward:
+        model(inputs=inputs)
+    assert flops.model_flops(head, config, 3, **dims) == forward.get_total_flops()
+    with FlopCounterMode(display=False) as training:
+        model(inputs=inputs).logits.sum().backward()
+    assert flops.model_flops(head, config, 3, training=True, **dims) == training.get_total_flops()
+
+
+def test_language_perceiver_flops_by_part():
+    """The published model's forward: 121 GFLOP per sequence of 2048 bytes, 84% of it in the 26 layers."""
+    config = PerceiverConfig.from_hf(workloads.hf_config(workloads.LANGUAGE_PERCEIVER).to_dict())
+    parts = flops.forward_flops("PerceiverForMaskedLM", config, seq_len=2048)
+    assert set(parts) == {"cross_attention", "self_attention", "decoder", "output_embedding"}
+    assert parts["output_embedding"] == 2 * 2048 * 768 * 262
+    assert round(sum(parts.values()) / 1e9) == 121
+    assert 0.83 < parts["self_attention"] / sum(parts.values()) < 0.84
+    with pytest.raises(NotImplementedError):
+        flops.forward_flops("PerceiverForOpticalFlow", config)
+
+
+def test_bf16_peaks_by_device_name():
+    assert gpu.bf16_peak_tflops("NVIDIA H100 80GB HBM3") == 989.4
+    assert gpu.bf16_peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert gpu.bf16_peak_tflops("NVIDIA H200") == 989.4
+    assert gpu.bf16_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert gpu.bf16_peak_tflops("NVIDIA L40S") == 362.0
+    assert gpu.bf16_peak_tflops("NVIDIA L4") == 121.0
+    assert gpu.bf16_peak_tflops("cpu") is None
+
+
+def test_cudnn_precondition_names_the_head_widths():
+    """language-perceiver's heads are 32 wide for queries/keys and 160 for values: no cuDNN attention."""
+    language = PerceiverConfig(**workloads.LANGUAGE_PERCEIVER)
+    assert "32 != v head width 160" in gpu.cudnn_precondition(language)
+    assert gpu.cudnn_precondition(PerceiverConfig(**workloads.VISION_FOURIER)) is None
+
+
+# The smoke runs, started together since XLA compiles on one core: the CPU script's sections in two runs.
+SMOKE_RUNS = {
+    "speed": ["benchmarks.run", "--tiny", "--sections", "speed,decode"],
+    "compile": ["benchmarks.run", "--tiny", "--sections", "compile,memory"],
+    "gpu": ["benchmarks.gpu", "--tiny"],
+}
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    """`{name: (printed output, JSON results)}` of the `SMOKE_RUNS`."""
+    folder = tmp_path_factory.mktemp("benchmarks")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # no fake devices from conftest
+    procs = {}
+    for name, command in SMOKE_RUNS.items():
+        procs[name] = subprocess.Popen(
+            [sys.executable, "-m", *command, "--json", str(folder / f"{name}.json")],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    results = {}
+    for name, proc in procs.items():
+        output, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, output[-5000:]
+        with open(folder / f"{name}.json") as f:
+            results[name] = (output, json.load(f))
+    return results
+
+
+def test_cpu_benchmark_tiny_prints_every_table(smoke_runs):
+    speed_output, results = smoke_runs["speed"]
+    compile_output, compile_results = smoke_runs["compile"]
+    for heading in ("## Speed", "## Optical-flow", "## Targets"):
+        assert heading in speed_output
+    for heading in ("## Compile time vs depth", "## Training-step memory", "## Targets"):
+        assert heading in compile_output
+    assert "| language-perceiver (tiny) forward | 1 |" in speed_output
+    assert "| language-perceiver (tiny) train step | 2 |" in speed_output
+    assert "| vision-perceiver-fourier (tiny) forward | 1 |" in speed_output
+    assert results["machine"]["torch_threads"] == results["machine"]["xla_threads"]
+    speed = results["speed"]
+    assert [r["batch"] for r in speed] == [1, 2, 2, 1]
+    for row in speed:
+        assert row["torch_s"] > 0 and row["jax_s"] > 0 and row["gflop"] > 0
+        assert 0 < row["jax_matmul_s"] <= row["jax_profiled_s"]
+        if "forward" in row["workload"]:
+            assert row["rel_err"] < 1e-5  # both frameworks did the same work
+    decode = results["decode"]
+    assert [r["chunk_size"] for r in decode] == [None, 64] and all(r["temp_mib"] > 0 for r in decode)
+    assert [r["layers"] for r in compile_results["compile"]] == [1, 2]
+    memory = {r["remat"]: r for r in compile_results["memory"]}
+    assert set(memory) == {"none", "full"}
+    assert memory["full"]["temp_mib"] < memory["none"]["temp_mib"]
+    assert all(r["peak_rss_mib"] >= r["rss_before_step_mib"] > 0 for r in memory.values())
+
+
+def test_gpu_benchmark_tiny_falls_back_to_xla_on_cpu(smoke_runs):
+    output, results = smoke_runs["gpu"]
+    assert "## Training step" in output and "## Vision heads" in output
+    train = results["train"]
+    assert train["attention"] == "xla" and "cudnn not applicable" in train["note"]
+    assert train["step_s"] > 0 and train["mfu"] is None  # no bf16 peak for a CPU
+    heads = {r["head"]: r for r in results["vision"]}
+    assert set(heads) == {"vision Learned", "vision Fourier", "vision ConvProcessing"}
+    for row in heads.values():
+        assert row["attention"] == "xla" and "cudnn needs a GPU" in row["note"]
+        assert row["images_per_s"] > 0
