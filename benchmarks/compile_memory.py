@@ -54,7 +54,7 @@ def _lower_compile(fn, *args) -> tuple[Any, float, float]:
 
 
 def compile_times(
-    overrides: dict[str, Any], depths: Sequence[int], batch_size: int, seq_len: int, repeats: int = 2
+    overrides: dict[str, Any], depths: Sequence[int], batch_size: int, seq_len: int, repeats: int = 1
 ) -> list[dict[str, Any]]:
     """Lower and compile seconds (best of `repeats`, each from a fresh `jax.jit`) of the masked-LM
     forward and training step with `num_self_attends_per_block` = each of `depths`."""
@@ -77,6 +77,11 @@ def compile_times(
                 ("train_compile_s", train_compile_s),
             ):
                 row[key] = min(row.get(key, float("inf")), value)
+        print(
+            f"  compile {depth} layers: forward {row['forward_compile_s']:.1f} s, train step "
+            f"{row['train_compile_s']:.1f} s",
+            flush=True,
+        )
         rows.append(row)
     return rows
 
@@ -104,30 +109,57 @@ def remat_memory(
         worker_args = ["worker", "--remat", remat, "--batch", str(batch_size), "--seq-len", str(seq_len)]
         worker_args += ["--tiny"] if tiny else []
         worker_args += ["--prng-impl", prng_impl] if prng_impl else []
-        return dict(remat=remat, **common.run_worker("benchmarks.compile_memory", worker_args))
+        row = dict(remat=remat, **common.run_worker("benchmarks.compile_memory", worker_args))
+        print(
+            f"  remat {remat}: XLA temp {row['temp_mib']:.0f} MiB, peak RSS {row['peak_rss_mib']:.0f} MiB",
+            flush=True,
+        )
+        return row
 
     with ThreadPoolExecutor(max_workers=len(remats) if tiny else 1) as pool:
         return list(pool.map(measure, remats))
 
 
 def decode_memory(flow_overrides: dict[str, Any], chunk_sizes: Sequence[int | None]) -> list[dict[str, Any]]:
-    """XLA's memory accounting (MiB) of the optical-flow head's inference forward (one frame pair: H*W
-    decoder queries) with each decoder `chunk_size` (None: all queries at once)."""
+    """XLA's memory accounting (MiB) of decoding the optical-flow head's H*W queries (one frame pair) with
+    each decoder `chunk_size` (None: all queries at once): of its `BasicDecoder` alone (queries and latents
+    given) and of the whole head's inference forward."""
     import jax
+    import jax.numpy as jnp
 
     from perceiver_jax import HEADS, PerceiverConfig
+    from perceiver_jax.decoders import BasicDecoder
 
     config = PerceiverConfig(**flow_overrides)
+    num_queries = config.train_size[0] * config.train_size[1]
     rows = []
     for chunk in chunk_sizes:
         model = HEADS["PerceiverForOpticalFlow"](config, chunk_size=chunk)
         (frames,) = model.example_inputs(1)
         frames = jax.ShapeDtypeStruct(frames.shape, frames.dtype)
         params = jax.eval_shape(model.init, jax.random.key(0), frames)
-        forward = jax.jit(lambda v, x: model.apply(v, x))
-        compiled, _, compile_s = _lower_compile(forward, params, frames)
-        row = {"queries": config.train_size[0] * config.train_size[1], "chunk_size": chunk}
-        rows.append(dict(row, compile_s=compile_s, **_memory_stats(compiled)))
+        head, _, compile_s = _lower_compile(jax.jit(model.apply), params, frames)
+        # The head's decoder on its own: the queries are the preprocessed pixels (patch features + positions).
+        width = config.flow_patch_channels + 2 * (2 * config.flow_num_bands + 1)
+        decoder = BasicDecoder(config, output_num_channels=2, num_channels=width, chunk_size=chunk)
+        query = jax.ShapeDtypeStruct((1, num_queries, width), jnp.float32)
+        latents = jax.ShapeDtypeStruct((1, config.num_latents, config.d_latents), jnp.float32)
+        decoder_params = jax.eval_shape(decoder.init, jax.random.key(0), query, latents)
+        alone, _, _ = _lower_compile(jax.jit(decoder.apply), decoder_params, query, latents)
+        rows.append(
+            {
+                "queries": num_queries,
+                "chunk_size": chunk,
+                "decoder_temp_mib": _memory_stats(alone)["temp_mib"],
+                "head_temp_mib": _memory_stats(head)["temp_mib"],
+                "head_compile_s": compile_s,
+            }
+        )
+        print(
+            f"  decode chunk_size={chunk}: XLA temp decoder {rows[-1]['decoder_temp_mib']:.0f} MiB, "
+            f"whole head {rows[-1]['head_temp_mib']:.0f} MiB",
+            flush=True,
+        )
     return rows
 
 

@@ -19,9 +19,24 @@ from perceiver_jax.sharding import MLP as MLP_AXIS  # `MLP` is the module class 
 Dtype = Any
 
 # Implementations of the attention core: 'xla' is the explicit einsum/softmax (exact HF numerics, attention
-# dropout supported); 'cudnn' is flash attention on NVIDIA GPUs through `jax.nn.dot_product_attention`
-# (used at inference or without dropout).
+# dropout supported); 'cudnn' is flash attention on NVIDIA GPUs through `jax.nn.dot_product_attention`,
+# used by each attention whose inputs it takes (see `cudnn_applies`) when there is no dropout; the others
+# run 'xla'.
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+
+
+def cudnn_applies(q: jax.Array, k: jax.Array, v: jax.Array) -> bool:
+    """Whether cuDNN flash attention takes these `(B, T, H, D)` queries/keys/values: a GPU backend, half
+    precision, and one head width for all three (jax.nn.dot_product_attention requires it), a multiple of
+    8 up to 128. language-perceiver's heads (32 wide for q/k, 160 for v) do not qualify."""
+    width = q.shape[-1]
+    return (
+        jax.default_backend() == "gpu"
+        and q.dtype in (jnp.bfloat16, jnp.float16)
+        and k.shape[-1] == v.shape[-1] == width
+        and width % 8 == 0
+        and width <= 128
+    )
 
 
 def dense(
@@ -106,8 +121,11 @@ class Attention(nn.Module):
         q, k, v = split(q), split(k), split(v)  # (B, M|N, H, D)
 
         use_dropout = not deterministic and self.dropout_rate > 0.0
-        if self.implementation == "cudnn" and not use_dropout:
-            bias = None if kv_mask is None else key_padding_bias(kv_mask).astype(q.dtype)
+        if self.implementation == "cudnn" and not use_dropout and cudnn_applies(q, k, v):
+            bias = None
+            if kv_mask is not None:  # cuDNN wants a (B, 1, M, N) bias
+                shape = (q.shape[0], 1, q.shape[1], k.shape[1])
+                bias = jnp.broadcast_to(key_padding_bias(kv_mask), shape).astype(q.dtype)
             out = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation="cudnn")
         else:
             scores = jnp.einsum("bmhd,bnhd->bhmn", q, k, preferred_element_type=jnp.float32)
