@@ -117,7 +117,10 @@ class Attention(nn.Module):
         q = dense(self.qk_channels, EMBED, HEADS, *args, name="query")(inputs_q)
         k = dense(self.qk_channels, EMBED, HEADS, *args, name="key")(inputs_kv)
         v = dense(self.v_channels, EMBED, HEADS, *args, name="value")(inputs_kv)
-        split = lambda x: x.reshape(x.shape[:-1] + (self.num_heads, x.shape[-1] // self.num_heads))
+
+        def split(x):  # (B, T, H * D) -> (B, T, H, D)
+            return x.reshape(x.shape[:-1] + (self.num_heads, x.shape[-1] // self.num_heads))
+
         q, k, v = split(q), split(k), split(v)  # (B, M|N, H, D)
 
         use_dropout = not deterministic and self.dropout_rate > 0.0
@@ -200,7 +203,10 @@ class CrossAttention(nn.Module):
         default_qk = kv_dim if self.shape_for_attention == "kv" else q_dim
         qk = self.qk_channels or default_qk
         v = self.v_channels or qk
-        norm = lambda name: layer_norm(self.norm_eps, self.dtype, self.param_dtype, name)
+
+        def norm(name):
+            return layer_norm(self.norm_eps, self.dtype, self.param_dtype, name)
+
         attended = Attention(
             self.num_heads,
             qk,
@@ -250,7 +256,10 @@ class SelfAttention(nn.Module):
                 f"self-attention value width {v} must equal the latent width {width} (HF's residual needs it); "
                 "set v_channels to d_latents or None."
             )
-        norm = lambda name: layer_norm(self.norm_eps, self.dtype, self.param_dtype, name)
+
+        def norm(name):
+            return layer_norm(self.norm_eps, self.dtype, self.param_dtype, name)
+
         normed = norm("query_norm")(latents)
         attended = Attention(
             self.num_heads,
