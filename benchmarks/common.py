@@ -148,8 +148,8 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def matmul_peak(sizes: Sequence[int], repeats: int = 5) -> dict[str, Any]:
-    """Measured float32 matrix-multiply throughput of this machine, in GFLOP/s.
+def matmul_peak(sizes: Sequence[int], repeats: int = 5, dtype: str = "float32") -> dict[str, Any]:
+    """Measured matrix-multiply throughput of this machine in `dtype` ("float32" or "bfloat16"), GFLOP/s.
 
     Times `n x n @ n x n` for each size with a jitted `jnp.dot` and with `torch.mm` (best of `repeats`);
     `peak` is the best of all, the denominator of the "% of peak" columns.
@@ -159,10 +159,10 @@ def matmul_peak(sizes: Sequence[int], repeats: int = 5) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    result: dict[str, Any] = {"jax": {}, "torch": {}}
+    result: dict[str, Any] = {"jax": {}, "torch": {}, "dtype": dtype}
     for n in sizes:
         a = np.random.default_rng(n).standard_normal((n, n), dtype=np.float32)
-        ja, ta = jnp.asarray(a), torch.from_numpy(a)
+        ja, ta = jnp.asarray(a, dtype), torch.from_numpy(a).to(getattr(torch, dtype))
         dot = jax.jit(jnp.dot)
         flops = 2.0 * n**3
         times = interleaved_times(
@@ -199,11 +199,20 @@ def current_rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, in MiB."""
-    import resource
+def reset_peak_rss() -> None:
+    """Restarts the peak-RSS count of this process (Linux `/proc/self/clear_refs`), so that `peak_rss_mib`
+    measures from now on rather than since start-up."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process (VmHWM) since start-up or the last `reset_peak_rss`, in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise OSError("no VmHWM in /proc/self/status")
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -2,8 +2,8 @@
 the memory of decoding many queries with and without chunking. JAX only (nothing here runs HF).
 
 Memory is reported two ways: XLA's own accounting of the compiled program (`memory_analysis()`: bytes of
-arguments, outputs and temporaries), and the peak resident memory (ru_maxrss) of a fresh process that
-runs the step (`python -m benchmarks.compile_memory worker ...`, started by `remat_memory`).
+arguments, outputs and temporaries), and the peak resident memory (VmHWM) during the step of a fresh
+process that runs it (`python -m benchmarks.compile_memory worker ...`, started by `remat_memory`).
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def remat_memory(
     remats: Sequence[str], batch_size: int, seq_len: int, tiny: bool, prng_impl: str | None = None
 ) -> list[dict[str, Any]]:
     """Per remat policy, from a fresh process running one masked-LM training step: XLA's accounting of
-    the compiled step and the process's peak RSS. The processes run one after the other, except for
+    the compiled step and the process's peak RSS during the step. The processes run one after the other, except for
     `tiny` models (a smoke test), which run at the same time."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -165,7 +165,7 @@ def decode_memory(flow_overrides: dict[str, Any], chunk_sizes: Sequence[int | No
 
 def _worker(argv: Sequence[str]) -> None:
     """Fresh-process measurement: build the masked-LM, compile and run one training step, print XLA's
-    memory accounting, the RSS before the step and the peak RSS as JSON."""
+    memory accounting, the RSS before the step and the peak RSS during the step as JSON."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--remat", required=True)
     parser.add_argument("--batch", type=int, required=True)
@@ -187,6 +187,7 @@ def _worker(argv: Sequence[str]) -> None:
     compiled = step.lower(params, opt_state, 0, inputs, labels).compile()
     jax.block_until_ready((params, opt_state))
     before = common.current_rss_mib()
+    common.reset_peak_rss()  # the step's peak, not initialisation's or compilation's
     start = time.perf_counter()
     params, opt_state, loss = compiled(params, opt_state, 0, inputs, labels)
     jax.block_until_ready((params, opt_state, loss))

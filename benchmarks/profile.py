@@ -1,4 +1,5 @@
-"""Where the time goes: `python -m benchmarks.profile [--workload forward|train] [--batch B] [--tiny]`.
+"""Where the time goes: `python -m benchmarks.profile [--workload forward|train] [--batch B] [--tiny]
+[--precision float32|bfloat16]`.
 
 perceiver-jax: one run of the compiled program is traced with `jax.profiler`; the trace's per-op events
 are summed per HLO instruction of the optimised module and annotated with the instruction's shape, the
@@ -193,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--frameworks", default="jax,torch", help="comma-separated: jax, torch")
     parser.add_argument("--prng-impl", default=None, help="JAX PRNG of the dropout masks (train)")
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="compute dtype (float32 parameters; HF under torch's bf16 autocast for bfloat16)",
+    )
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument(
         "--plain", action="store_true", help="without the tuned settings of benchmarks.common"
@@ -206,21 +213,25 @@ def main(argv: list[str] | None = None) -> int:
     pair = workloads.build_pair("PerceiverForMaskedLM", overrides)
     batch = workloads.text_batch(pair.model.config.vocab_size, args.batch, seq_len)
     frameworks = args.frameworks.split(",")
+    bf16 = args.precision == "bfloat16"
     if "jax" in frameworks:
+        import jax.numpy as jnp
+
+        jax_pair = workloads.with_compute_dtype(pair, getattr(jnp, args.precision))
         if args.workload == "forward":
-            run, info = workloads.jax_forward(pair, batch)
+            run, info = workloads.jax_forward(jax_pair, batch)
         else:
-            run, info = workloads.jax_train_step(pair, batch, prng_impl=args.prng_impl)
+            run, info = workloads.jax_train_step(jax_pair, batch, prng_impl=args.prng_impl)
         run()
-        print(f"## perceiver-jax {args.workload}, batch {args.batch}\n")
+        print(f"## perceiver-jax {args.workload}, batch {args.batch}, {args.precision}\n")
         print(jax_report(jax_op_profile(run, info["compiled"].as_text()), args.top), flush=True)
     if "torch" in frameworks:
         if args.workload == "forward":
-            run = workloads.torch_forward(pair, batch)
+            run = workloads.torch_forward(pair, batch, autocast=bf16)
         else:
-            run = workloads.torch_train_step(pair, batch)
+            run = workloads.torch_train_step(pair, batch, autocast=bf16)
         run()
-        print(f"\n## HF torch {args.workload}, batch {args.batch}\n")
+        print(f"\n## HF torch {args.workload}, batch {args.batch}, {args.precision}\n")
         print(torch_report(run, args.top), flush=True)
     return 0
 

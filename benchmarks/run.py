@@ -3,12 +3,13 @@
 In one process, with the same intra-op thread count for both frameworks (`--threads`, default: every CPU
 this process may use), on identical weights and inputs:
 
-1. speed: HF torch (eval, `torch.inference_mode`) vs perceiver-jax (jitted, float32) inference forward of
+1. speed: HF torch (eval, `torch.inference_mode`) vs perceiver-jax (jitted) inference forward of
    `deepmind/language-perceiver` dimensions at batch 1 and 8 (sequence 2048, rows padded), of
    `vision-perceiver-fourier` at 224x224, and a full training step (forward, backward, AdamW) of the
-   language model. Runs are interleaved (torch, jax, jax, torch, ...) after a warm-up; the tables show the
-   median. FLOPs are analytic (`benchmarks.flops`); the peak is the best float32 matmul measured here at
-   the start and at the end of the run. After timing, one more run of each is profiled for the time spent
+   language model; each in float32 (both) and in bfloat16 compute with float32 parameters (perceiver-jax's
+   `dtype=jnp.bfloat16`, HF under torch's bf16 autocast). Runs are interleaved (torch, jax, jax, torch, ...)
+   after a warm-up; the tables show the median. FLOPs are analytic (`benchmarks.flops`); the peaks are the
+   best float32 and bfloat16 matmuls measured here at the start and at the end of the run. After timing, one more run of each is profiled for the time spent
    in matrix multiplications, which bounds the speed-up any non-matmul optimisation could reach.
 2. compile time of the jitted forward and training step vs depth (2, 8, 26 self-attention layers).
 3. training-step memory with and without activation rematerialisation.
@@ -47,13 +48,17 @@ def _rel_err(ours, reference) -> float:
     return float(np.max(np.abs(ours - reference)) / max(float(np.max(np.abs(reference))), 1e-30))
 
 
-def _measure(name: str, batch_size: int, gflop: float, torch_fn, jax_fn, jax_info, repeats: int, **extra):
+PRECISIONS = ("float32", "bfloat16")
+
+
+def _measure(name, batch_size, gflop, torch_fn, jax_fn, jax_info, repeats, precision, **extra) -> dict:
     """Times both interleaved, then profiles one more run of each for its matrix-multiply time."""
     times = common.interleaved_times({"torch": torch_fn, "jax": jax_fn}, repeats)
     jax_profile = profile.jax_op_profile(jax_fn, jax_info["compiled"].as_text())
     torch_profile = profile.torch_matmul_ms(torch_fn)
     row = {
         "workload": name,
+        "precision": precision,
         "batch": batch_size,
         "gflop": gflop,
         "torch_s": common.median(times["torch"]["wall"]),
@@ -77,15 +82,45 @@ def _measure(name: str, batch_size: int, gflop: float, torch_fn, jax_fn, jax_inf
     return row
 
 
-def _forward_row(name, pair, batch, batch_size, gflop, repeats) -> dict:
-    torch_fn = workloads.torch_forward(pair, batch)
-    jax_fn, info = workloads.jax_forward(pair, batch)
-    rel_err = _rel_err(jax_fn(), torch_fn().numpy())
-    return _measure(name, batch_size, gflop, torch_fn, jax_fn, info, repeats, rel_err=rel_err)
+def _forward_rows(name, pair, batch, batch_size, gflop, repeats) -> list[dict]:
+    """Forward rows in float32 (both frameworks) and in bfloat16 (perceiver-jax's bf16 compute with float32
+    parameters vs HF under torch's bf16 autocast); relative errors are against HF's float32 logits."""
+    import jax.numpy as jnp
+
+    reference = workloads.torch_forward(pair, batch)().numpy()
+    rows = []
+    for precision in PRECISIONS:
+        bf16 = precision == "bfloat16"
+        torch_fn = workloads.torch_forward(pair, batch, autocast=bf16)
+        jax_fn, info = workloads.jax_forward(
+            workloads.with_compute_dtype(pair, getattr(jnp, precision)), batch
+        )
+        extra = dict(rel_err=_rel_err(jax_fn(), reference), torch_rel_err=_rel_err(torch_fn(), reference))
+        rows.append(_measure(name, batch_size, gflop, torch_fn, jax_fn, info, repeats, precision, **extra))
+    rows[1]["speedup_vs_torch_f32"] = rows[0]["torch_s"] / rows[1]["jax_s"]
+    return rows
+
+
+def _train_rows(name, pair, batch, batch_size, gflop, repeats, prng_impl) -> list[dict]:
+    """Training-step rows in float32 and in bfloat16 compute (float32 parameters and AdamW state in both
+    frameworks; HF under torch's bf16 autocast)."""
+    import jax.numpy as jnp
+
+    rows = []
+    for precision in PRECISIONS:
+        torch_fn = workloads.torch_train_step(pair, batch, autocast=precision == "bfloat16")
+        jax_pair = workloads.with_compute_dtype(pair, getattr(jnp, precision))
+        jax_fn, info = workloads.jax_train_step(jax_pair, batch, prng_impl=prng_impl)
+        rows.append(_measure(name, batch_size, gflop, torch_fn, jax_fn, info, repeats, precision))
+        del torch_fn, jax_fn, info  # one training state at a time
+        gc.collect()
+    rows[1]["speedup_vs_torch_f32"] = rows[0]["torch_s"] / rows[1]["jax_s"]
+    return rows
 
 
 def speed(args) -> list[dict]:
-    """The speed rows: language forward at two batch sizes, training step, vision forward."""
+    """The speed rows, each in float32 and bfloat16: language forward at two batch sizes, training step,
+    vision forward."""
     from perceiver_jax import HEADS
 
     rows = []
@@ -98,15 +133,14 @@ def speed(args) -> list[dict]:
     for batch_size, repeats in ((1, args.repeats), (args.forward_batch, max(3, args.repeats - 2))):
         batch = workloads.text_batch(config.vocab_size, batch_size, seq_len)
         gflop = flops.model_flops(LANGUAGE_HEAD, config, batch_size, seq_len=seq_len) / 1e9
-        rows.append(_forward_row(f"{label} forward", pair, batch, batch_size, gflop, repeats))
+        rows += _forward_rows(f"{label} forward", pair, batch, batch_size, gflop, repeats)
 
+    # Last for this model: the training steps change HF's weights.
     batch = workloads.text_batch(config.vocab_size, args.train_batch, seq_len)
     gflop = flops.model_flops(LANGUAGE_HEAD, config, args.train_batch, training=True, seq_len=seq_len) / 1e9
-    torch_fn = workloads.torch_train_step(pair, batch)
-    jax_fn, info = workloads.jax_train_step(pair, batch, prng_impl=args.prng_impl)
-    name = f"{label} train step"
-    rows.append(_measure(name, args.train_batch, gflop, torch_fn, jax_fn, info, max(3, args.repeats - 2)))
-    del pair, torch_fn, jax_fn, info
+    repeats = max(3, args.repeats - 2)
+    rows += _train_rows(f"{label} train step", pair, batch, args.train_batch, gflop, repeats, args.prng_impl)
+    del pair
     gc.collect()
 
     name = "vision-perceiver-fourier" + (" (tiny)" if args.tiny else "") + " forward"
@@ -119,7 +153,7 @@ def speed(args) -> list[dict]:
         size = overrides["image_size"]
         batch = workloads.image_batch(1, size, size)
         gflop = flops.model_flops(VISION_HEAD, pair.model.config, 1, height=size, width=size) / 1e9
-        rows.append(_forward_row(name, pair, batch, 1, gflop, max(3, args.repeats - 2)))
+        rows += _forward_rows(name, pair, batch, 1, gflop, max(3, args.repeats - 2))
     return rows
 
 
@@ -127,20 +161,22 @@ def _progress(row: dict) -> str:
     if "note" in row:
         return f"  {row['workload']}: n/a ({row['note']})"
     return (
-        f"  {row['workload']} b{row['batch']}: torch {row['torch_s']:.3f}s jax {row['jax_s']:.3f}s "
-        f"x{row['speedup']:.2f} (load {row['load_1min']})"
+        f"  {row['workload']} {row['precision']} b{row['batch']}: torch {row['torch_s']:.3f}s "
+        f"jax {row['jax_s']:.3f}s x{row['speedup']:.2f} (load {row['load_1min']})"
     )
 
 
-def speed_table(rows: list[dict], peak: float) -> str:
-    """Markdown table of the speed rows; `peak` is the measured matmul GFLOP/s."""
+def speed_table(rows: list[dict], peaks: dict[str, float]) -> str:
+    """Markdown table of the speed rows; `peaks` maps a precision to its measured matmul GFLOP/s."""
     headers = [
         "workload",
+        "precision",
         "batch",
         "GFLOP",
         "HF torch s",
         "jax s",
         "torch/jax",
+        "HF f32/jax",
         "torch GFLOP/s",
         "jax GFLOP/s",
         "torch % peak",
@@ -150,23 +186,28 @@ def speed_table(rows: list[dict], peak: float) -> str:
         "bound",
         "torch CPU s",
         "jax CPU s",
-        "rel err",
+        "jax rel err",
+        "torch rel err",
         "load",
     ]
     out = []
     for r in rows:
         if "note" in r:
-            out.append([r["workload"], r["batch"]] + [None] * (len(headers) - 2))
+            out.append([r["workload"], None, r["batch"]] + [None] * (len(headers) - 3))
             continue
         torch_gflops, jax_gflops = r["gflop"] / r["torch_s"], r["gflop"] / r["jax_s"]
+        peak = peaks[r["precision"]]
+        vs_f32 = r.get("speedup_vs_torch_f32", r["speedup"] if r["precision"] == "float32" else None)
         out.append(
             [
                 r["workload"],
+                r["precision"],
                 r["batch"],
                 r["gflop"],
                 r["torch_s"],
                 r["jax_s"],
                 f"**{r['speedup']:.2f}x**",
+                None if vs_f32 is None else f"{vs_f32:.2f}x",
                 torch_gflops,
                 jax_gflops,
                 f"{100 * torch_gflops / peak:.0f}%",
@@ -177,6 +218,7 @@ def speed_table(rows: list[dict], peak: float) -> str:
                 r["torch_cpu_s"],
                 r["jax_cpu_s"],
                 f"{r['rel_err']:.1e}" if "rel_err" in r else "(dropout)",
+                f"{r['torch_rel_err']:.1e}" if "torch_rel_err" in r else "(dropout)",
                 r["load_1min"],
             ]
         )
@@ -305,24 +347,33 @@ def decode_table(rows: list[dict]) -> str:
     return common.markdown_table(headers, out)
 
 
-def targets(speed_rows: list[dict], compile_rows: list[dict], peak: float) -> list[str]:
+def targets(speed_rows: list[dict], compile_rows: list[dict], peaks: dict[str, float]) -> list[str]:
     """One line per target of the issue: met or missed, with the measured value."""
     lines = []
     for r in speed_rows:
         if "note" in r or "vision" in r["workload"]:
             continue
-        ok = r["speedup"] >= TARGET_SPEEDUP
-        lines.append(
-            f"{'MET ' if ok else 'MISS'} {r['workload']} b{r['batch']}: {r['speedup']:.2f}x HF torch "
-            f"(target >= {TARGET_SPEEDUP}x; matmul-time bound {r['speedup_bound']:.2f}x)"
-        )
+        if r["precision"] == "float32":
+            ok = r["speedup"] >= TARGET_SPEEDUP
+            lines.append(
+                f"{'MET ' if ok else 'MISS'} {r['workload']} b{r['batch']}, float32: {r['speedup']:.2f}x HF "
+                f"torch (target >= {TARGET_SPEEDUP}x; matmul-time bound {r['speedup_bound']:.2f}x)"
+            )
+        else:
+            ok = r["speedup_vs_torch_f32"] >= TARGET_SPEEDUP
+            lines.append(
+                f"{'MET ' if ok else 'MISS'} {r['workload']} b{r['batch']}, bf16 compute: "
+                f"{r['speedup_vs_torch_f32']:.2f}x HF torch float32 (target >= {TARGET_SPEEDUP}x); "
+                f"{r['speedup']:.2f}x HF torch under bf16 autocast"
+            )
     for r in speed_rows:
         if "note" in r or "vision" in r["workload"] or "forward" not in r["workload"] or r["batch"] == 1:
             continue
-        fraction = r["gflop"] / r["jax_s"] / peak
+        fraction = r["gflop"] / r["jax_s"] / peaks[r["precision"]]
         lines.append(
-            f"{'MET ' if fraction >= TARGET_PEAK_FRACTION else 'MISS'} forward b{r['batch']}: "
-            f"{100 * fraction:.0f}% of the measured matmul peak (target >= {100 * TARGET_PEAK_FRACTION:.0f}%)"
+            f"{'MET ' if fraction >= TARGET_PEAK_FRACTION else 'MISS'} forward b{r['batch']}, {r['precision']}: "
+            f"{100 * fraction:.0f}% of the measured {r['precision']} matmul peak "
+            f"(target >= {100 * TARGET_PEAK_FRACTION:.0f}%)"
         )
     if compile_rows:
         ratio = compile_rows[-1]["forward_compile_s"] / compile_rows[0]["forward_compile_s"]
@@ -335,9 +386,9 @@ def targets(speed_rows: list[dict], compile_rows: list[dict], peak: float) -> li
     return lines
 
 
-def _peak(args) -> dict[str, Any]:
+def _peak(args, dtype: str) -> dict[str, Any]:
     sizes = (256, 512) if args.tiny else (1024, 2048, 3072, 4096)
-    return common.matmul_peak(sizes, repeats=3 if args.tiny else 5)
+    return common.matmul_peak(sizes, repeats=3 if args.tiny else 5, dtype=dtype)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -392,28 +443,34 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(report), flush=True)
     speed_rows: list[dict] = []
     compile_rows: list[dict] = []
-    peak = None
+    peaks: dict[str, float] = {}
     if "speed" in sections:
-        peaks = [_peak(args)]
+        measured = [_peak(args, dtype) for dtype in PRECISIONS]
         speed_rows = speed(args)
-        peaks.append(_peak(args))
-        peak = max(p["peak"] for p in peaks)
-        results.update(matmul_peak=peaks, speed=speed_rows)
-        best = {name: max(max(p[name].values()) for p in peaks) for name in ("jax", "torch")}
-        report.append(
-            f"- float32 matmul peak measured here: **{peak:.1f} GFLOP/s** (best n x n @ n x n over n in "
-            f"{sorted(peaks[0]['jax'])}, at the start and the end of the run; jnp.dot {best['jax']:.1f}, "
-            f"torch.mm {best['torch']:.1f})"
-        )
+        measured += [_peak(args, dtype) for dtype in PRECISIONS]
+        results.update(matmul_peak=measured, speed=speed_rows)
+        for dtype in PRECISIONS:
+            runs = [p for p in measured if p["dtype"] == dtype]
+            peaks[dtype] = max(p["peak"] for p in runs)
+            best = {name: max(max(p[name].values()) for p in runs) for name in ("jax", "torch")}
+            report.append(
+                f"- {dtype} matmul peak measured here: **{peaks[dtype]:.1f} GFLOP/s** (best n x n @ n x n over "
+                f"n in {sorted(runs[0]['jax'])}, at the start and the end of the run; jnp.dot {best['jax']:.1f}, "
+                f"torch.mm {best['torch']:.1f})"
+            )
         report += [
             "",
             "## Speed (median wall seconds)",
             "",
-            "`matmul s`: time in matrix-multiply ops of one profiled run; `bound`: HF torch s / jax matmul s, "
-            "the most any non-matmul optimisation of perceiver-jax could reach; CPU s: process CPU time of "
-            "all threads (median).",
+            "float32 rows: both frameworks in float32. bfloat16 rows: perceiver-jax computing in bf16 with "
+            "float32 parameters (`dtype=jnp.bfloat16`) vs HF under `torch.autocast('cpu', torch.bfloat16)`; "
+            "`HF f32/jax` compares with HF in float32, its default. `% peak`: of the measured matmul peak of "
+            "the row's precision. `matmul s`: time in matrix-multiply ops of one profiled run; `bound`: HF torch "
+            "s / jax matmul s, the most any non-matmul optimisation of perceiver-jax could reach; CPU s: process "
+            "CPU time of all threads (median); rel err: max |logits - HF float32 logits| / max |HF float32 "
+            "logits|.",
             "",
-            speed_table(speed_rows, peak),
+            speed_table(speed_rows, peaks),
         ]
     timings = {"speed": time.time() - started}
     if "compile" in sections:
@@ -437,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         results["decode"] = rows
         report += ["", "## Optical-flow decoding memory (one frame pair, inference)", ""]
         report.append(decode_table(rows))
-    lines = targets(speed_rows, compile_rows, peak or float("nan"))
+    lines = targets(speed_rows, compile_rows, peaks)
     if lines:
         report += ["", "## Targets", ""] + [f"- {line}" for line in lines]
     spent = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items() if name in sections)

@@ -110,18 +110,24 @@ def image_batch(batch_size: int, height: int, width: int, seed: int = 0) -> np.n
     return np.random.default_rng(seed).standard_normal((batch_size, height, width, 3), dtype=np.float32)
 
 
-def torch_forward(pair: Pair, batch: Any) -> Callable[[], Any]:
-    """HF inference forward (eval mode, `torch.inference_mode`), returning the logits."""
+def torch_forward(pair: Pair, batch: Any, autocast: bool = False) -> Callable[[], Any]:
+    """HF inference forward (eval mode, `torch.inference_mode`), returning float32 logits; with
+    `autocast`, under `torch.autocast("cpu", torch.bfloat16)` (torch's mixed precision)."""
     import torch
 
     kwargs = _torch_inputs(pair.head, batch)
     model = pair.torch_model
 
     def run():
-        with torch.inference_mode():
-            return model(**kwargs).logits
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            return model(**kwargs).logits.float()
 
     return run
+
+
+def with_compute_dtype(pair: Pair, dtype: Any) -> Pair:
+    """`pair` with the perceiver-jax model computing in `dtype` (parameters stay float32)."""
+    return dataclasses.replace(pair, model=pair.model.clone(dtype=dtype))
 
 
 def jax_forward(pair: Pair, batch: Any) -> tuple[Callable[[], Any], dict[str, float]]:
@@ -144,8 +150,10 @@ def jax_forward(pair: Pair, batch: Any) -> tuple[Callable[[], Any], dict[str, fl
     return (lambda: compiled(variables, *args).block_until_ready()), timing
 
 
-def torch_train_step(pair: Pair, batch: dict[str, np.ndarray]) -> Callable[[], Any]:
-    """One HF training step: train mode (attention dropout on), MLM loss, backward, fused AdamW update.
+def torch_train_step(pair: Pair, batch: dict[str, np.ndarray], autocast: bool = False) -> Callable[[], Any]:
+    """One HF training step: train mode (attention dropout on), MLM loss, backward, fused AdamW update;
+    with `autocast`, the forward runs under `torch.autocast("cpu", torch.bfloat16)` (float32 parameters
+    and optimiser state, as torch's mixed-precision recipe has it).
 
     `fused=True` is torch's fastest AdamW on CPU (one kernel per parameter instead of a chain of ops).
     """
@@ -168,7 +176,8 @@ def torch_train_step(pair: Pair, batch: dict[str, np.ndarray]) -> Callable[[], A
     def step():
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        loss = model(**kwargs, labels=labels).loss
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            loss = model(**kwargs, labels=labels).loss
         loss.backward()
         optimizer.step()
         return loss.detach()
@@ -177,15 +186,18 @@ def torch_train_step(pair: Pair, batch: dict[str, np.ndarray]) -> Callable[[], A
 
 
 def make_jax_train_step(model: Any, prng_impl: str | None = None) -> Callable:
-    """`step(params, opt_state, step_index, *inputs, labels) -> (params, opt_state, loss)`: MLM loss,
-    attention dropout on, gradients, optax AdamW; jitted with params and optimiser state donated."""
+    """`step(params, opt_state, step_index, *inputs, labels) -> (params, opt_state, loss)`: MLM loss (in
+    float32 whatever the model's compute dtype), attention dropout on, gradients, optax AdamW; jitted with
+    params and optimiser state donated."""
     import jax
+    import jax.numpy as jnp
     import optax
 
     optimizer = optax.adamw(**ADAMW)
 
     def loss_fn(params, rng, args, labels):
         logits = model.apply({"params": params}, *args, deterministic=False, rngs={"dropout": rng})
+        logits = logits.astype(jnp.float32)
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
     def step(params, opt_state, step_index, args, labels):

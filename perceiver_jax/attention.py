@@ -39,14 +39,32 @@ def cudnn_applies(q: jax.Array, k: jax.Array, v: jax.Array) -> bool:
     )
 
 
+def dot_general_f32_accumulation(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """`lax.dot_general` accumulating in float32, its result cast back to the operands' dtype.
+
+    The same as `lax.dot_general` for float32 operands. For bfloat16 it is the usual mixed-precision
+    contract, and on XLA's CPU backend the fast one: a dot with a bf16 result takes a path at half the
+    speed there (Zen 4, `(512, 1280) @ (1280, 1280)`: 410 GFLOP/s this way, 195 with a bf16 result).
+    `preferred_element_type` is accepted for `nn.Dense`'s call signature and must be None.
+    """
+    if preferred_element_type is not None:
+        raise ValueError("dot_general_f32_accumulation sets its own accumulation type.")
+    out = jax.lax.dot_general(
+        lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=jnp.float32
+    )
+    return out.astype(jnp.result_type(lhs, rhs))
+
+
 def dense(
     features: int, in_name: str, out_name: str, init_std: float, dtype: Dtype, param_dtype: Dtype, name: str
 ):
-    """A `nn.Dense` with HF's init (normal(init_std) kernel, zero bias) and logical axis names."""
+    """A `nn.Dense` with HF's init (normal(init_std) kernel, zero bias), logical axis names and float32
+    accumulation (`dot_general_f32_accumulation`)."""
     return nn.Dense(
         features,
         dtype=dtype,
         param_dtype=param_dtype,
+        dot_general=dot_general_f32_accumulation,
         kernel_init=partitioned(jax.nn.initializers.normal(init_std), in_name, out_name),
         bias_init=partitioned(jax.nn.initializers.zeros, out_name),
         name=name,
@@ -139,7 +157,8 @@ class Attention(nn.Module):
             if use_dropout:
                 keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.dropout_rate, probs.shape)
                 probs = jnp.where(keep, probs / (1.0 - self.dropout_rate), 0.0)
-            out = jnp.einsum("bhmn,bnhd->bmhd", probs.astype(v.dtype), v)
+            probs = probs.astype(v.dtype)
+            out = jnp.einsum("bhmn,bnhd->bmhd", probs, v, preferred_element_type=jnp.float32).astype(v.dtype)
         out = out.reshape(out.shape[:-2] + (self.v_channels,))
         return dense(self.output_channels, HEADS, EMBED, *args, name="output")(out)
 

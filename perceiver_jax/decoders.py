@@ -265,5 +265,6 @@ class EmbeddingDecoder(nn.Module):
         bias = self.param(
             "bias", partitioned(jax.nn.initializers.zeros, VOCAB), (self.vocab_size,), self.param_dtype
         )
-        logits = jnp.einsum("boc,vc->bov", hidden.astype(self.dtype), embeddings.astype(self.dtype))
-        return logits + bias.astype(self.dtype)
+        hidden, embeddings = hidden.astype(self.dtype), embeddings.astype(self.dtype)
+        logits = jnp.einsum("boc,vc->bov", hidden, embeddings, preferred_element_type=jnp.float32)
+        return logits.astype(self.dtype) + bias.astype(self.dtype)

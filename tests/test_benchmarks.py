@@ -162,17 +162,32 @@ def test_cpu_benchmark_tiny_prints_every_table(smoke_runs):
         assert heading in speed_output
     for heading in ("## Compile time vs depth", "## Training-step memory", "## Targets"):
         assert heading in compile_output
-    assert "| language-perceiver (tiny) forward | 1 |" in speed_output
-    assert "| language-perceiver (tiny) train step | 2 |" in speed_output
-    assert "| vision-perceiver-fourier (tiny) forward | 1 |" in speed_output
+    for precision in ("float32", "bfloat16"):
+        assert f"| language-perceiver (tiny) forward | {precision} | 1 |" in speed_output
+        assert f"| language-perceiver (tiny) train step | {precision} | 2 |" in speed_output
+        assert f"| vision-perceiver-fourier (tiny) forward | {precision} | 1 |" in speed_output
     assert results["machine"]["torch_threads"] == results["machine"]["xla_threads"]
+    assert [p["dtype"] for p in results["matmul_peak"]] == ["float32", "bfloat16"] * 2
     speed = results["speed"]
-    assert [r["batch"] for r in speed] == [1, 2, 2, 1]
+    assert [(r["batch"], r["precision"][0]) for r in speed] == [
+        (1, "f"),
+        (1, "b"),
+        (2, "f"),
+        (2, "b"),
+        (2, "f"),
+        (2, "b"),
+        (1, "f"),
+        (1, "b"),
+    ]
     for row in speed:
         assert row["torch_s"] > 0 and row["jax_s"] > 0 and row["gflop"] > 0
         assert 0 < row["jax_matmul_s"] <= row["jax_profiled_s"]
-        if "forward" in row["workload"]:
-            assert row["rel_err"] < 1e-5  # both frameworks did the same work
+        if "forward" in row["workload"] and row["precision"] == "float32":
+            assert row["rel_err"] < 1e-5 and row["torch_rel_err"] == 0  # both frameworks did the same work
+        elif "forward" in row["workload"]:
+            assert 1e-4 < row["rel_err"] < 5e-2 and 1e-4 < row["torch_rel_err"] < 5e-2  # bf16 compute
+        if row["precision"] == "bfloat16":
+            assert row["speedup_vs_torch_f32"] > 0
     decode = results["decode"]
     assert [r["chunk_size"] for r in decode] == [None, 64]
     assert decode[1]["decoder_temp_mib"] < decode[0]["decoder_temp_mib"]  # chunks bound the decoder's memory

@@ -329,3 +329,35 @@ def test_redraw_is_deterministic_and_order_one():
     conv = state_a[prefix + "conv.weight"]
     assert abs(float(conv.std()) * np.sqrt(3 * 7 * 7) - 1) < 0.1
     assert abs(float(state_a["perceiver.embeddings.latents"].std()) - 1) < 0.3
+
+
+def test_dense_products_accumulate_in_float32():
+    """bf16 operands: the result is the float32-accumulated product rounded once to bf16 (a bf16 running
+    sum over 512 terms would be off by many bf16 ulps)."""
+    from perceiver_jax.attention import dot_general_f32_accumulation
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 8, 512)), jnp.bfloat16)
+    w = jnp.asarray(rng.standard_normal((512, 16)), jnp.bfloat16)
+    out = dot_general_f32_accumulation(x, w, (((2,), (0,)), ((), ())))
+    assert out.dtype == jnp.bfloat16 and out.shape == (2, 8, 16)
+    exact = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
+    ulp = np.abs(exact) * 2.0**-8
+    assert np.all(np.abs(np.asarray(out, np.float64) - exact) <= ulp + 1e-6)
+    with pytest.raises(ValueError, match="accumulation"):
+        dot_general_f32_accumulation(x, w, (((2,), (0,)), ((), ())), preferred_element_type=jnp.bfloat16)
+
+
+def test_bfloat16_model_has_no_bfloat16_result_products():
+    """Every matrix product of a bf16-compute model accumulates and returns float32 (on XLA's CPU backend a
+    product with a bf16 result runs at half the speed; see benchmarks/RESULTS.md)."""
+    config = PerceiverConfig(
+        num_latents=8, d_latents=32, d_model=16, num_self_attends_per_block=2, qk_channels=16, v_channels=32
+    )
+    model = PerceiverForMaskedLM(config, dtype=jnp.bfloat16)
+    ids = jnp.ones((2, 24), jnp.int32)
+    variables = jax.jit(model.init)(jax.random.key(0), ids)
+    hlo = jax.jit(model.apply).lower(variables, ids).as_text(dialect="hlo")
+    products = [line for line in hlo.splitlines() if " dot(" in line]
+    assert len(products) >= 10
+    assert not [line for line in products if "= bf16[" in line], products
