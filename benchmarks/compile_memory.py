@@ -101,8 +101,8 @@ def remat_memory(
     remats: Sequence[str], batch_size: int, seq_len: int, tiny: bool, prng_impl: str | None = None
 ) -> list[dict[str, Any]]:
     """Per remat policy, from a fresh process running one masked-LM training step: XLA's accounting of
-    the compiled step and the process's peak RSS during the step. The processes run one after the other, except for
-    `tiny` models (a smoke test), which run at the same time."""
+    the compiled step and the process's peak RSS during the step. The processes run one after the other,
+    except for `tiny` models (a smoke test), which run at the same time."""
     from concurrent.futures import ThreadPoolExecutor
 
     def measure(remat: str) -> dict[str, Any]:

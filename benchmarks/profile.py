@@ -215,9 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     frameworks = args.frameworks.split(",")
     bf16 = args.precision == "bfloat16"
     if "jax" in frameworks:
-        import jax.numpy as jnp
-
-        jax_pair = workloads.with_compute_dtype(pair, getattr(jnp, args.precision))
+        jax_pair = workloads.with_compute_dtype(pair, args.precision)
         if args.workload == "forward":
             run, info = workloads.jax_forward(jax_pair, batch)
         else:

@@ -9,8 +9,9 @@ this process may use), on identical weights and inputs:
    language model; each in float32 (both) and in bfloat16 compute with float32 parameters (perceiver-jax's
    `dtype=jnp.bfloat16`, HF under torch's bf16 autocast). Runs are interleaved (torch, jax, jax, torch, ...)
    after a warm-up; the tables show the median. FLOPs are analytic (`benchmarks.flops`); the peaks are the
-   best float32 and bfloat16 matmuls measured here at the start and at the end of the run. After timing, one more run of each is profiled for the time spent
-   in matrix multiplications, which bounds the speed-up any non-matmul optimisation could reach.
+   best float32 and bfloat16 matmuls measured here at the start and at the end of the run. After timing,
+   one more run of each is profiled for the time spent in matrix multiplications, which bounds the
+   speed-up any non-matmul optimisation could reach.
 2. compile time of the jitted forward and training step vs depth (2, 8, 26 self-attention layers).
 3. training-step memory with and without activation rematerialisation.
 4. memory of decoding the optical-flow head's 182,528 queries, chunked vs all at once.
@@ -85,16 +86,12 @@ def _measure(name, batch_size, gflop, torch_fn, jax_fn, jax_info, repeats, preci
 def _forward_rows(name, pair, batch, batch_size, gflop, repeats) -> list[dict]:
     """Forward rows in float32 (both frameworks) and in bfloat16 (perceiver-jax's bf16 compute with float32
     parameters vs HF under torch's bf16 autocast); relative errors are against HF's float32 logits."""
-    import jax.numpy as jnp
-
     reference = workloads.torch_forward(pair, batch)().numpy()
     rows = []
     for precision in PRECISIONS:
         bf16 = precision == "bfloat16"
         torch_fn = workloads.torch_forward(pair, batch, autocast=bf16)
-        jax_fn, info = workloads.jax_forward(
-            workloads.with_compute_dtype(pair, getattr(jnp, precision)), batch
-        )
+        jax_fn, info = workloads.jax_forward(workloads.with_compute_dtype(pair, precision), batch)
         extra = dict(rel_err=_rel_err(jax_fn(), reference), torch_rel_err=_rel_err(torch_fn(), reference))
         rows.append(_measure(name, batch_size, gflop, torch_fn, jax_fn, info, repeats, precision, **extra))
     rows[1]["speedup_vs_torch_f32"] = rows[0]["torch_s"] / rows[1]["jax_s"]
@@ -104,12 +101,10 @@ def _forward_rows(name, pair, batch, batch_size, gflop, repeats) -> list[dict]:
 def _train_rows(name, pair, batch, batch_size, gflop, repeats, prng_impl) -> list[dict]:
     """Training-step rows in float32 and in bfloat16 compute (float32 parameters and AdamW state in both
     frameworks; HF under torch's bf16 autocast)."""
-    import jax.numpy as jnp
-
     rows = []
     for precision in PRECISIONS:
         torch_fn = workloads.torch_train_step(pair, batch, autocast=precision == "bfloat16")
-        jax_pair = workloads.with_compute_dtype(pair, getattr(jnp, precision))
+        jax_pair = workloads.with_compute_dtype(pair, precision)
         jax_fn, info = workloads.jax_train_step(jax_pair, batch, prng_impl=prng_impl)
         rows.append(_measure(name, batch_size, gflop, torch_fn, jax_fn, info, repeats, precision))
         del torch_fn, jax_fn, info  # one training state at a time

@@ -125,13 +125,16 @@ def torch_forward(pair: Pair, batch: Any, autocast: bool = False) -> Callable[[]
     return run
 
 
-def with_compute_dtype(pair: Pair, dtype: Any) -> Pair:
-    """`pair` with the perceiver-jax model computing in `dtype` (parameters stay float32)."""
-    return dataclasses.replace(pair, model=pair.model.clone(dtype=dtype))
+def with_compute_dtype(pair: Pair, dtype: str) -> Pair:
+    """`pair` with the perceiver-jax model computing in `dtype` ("float32", "bfloat16"); parameters stay
+    float32."""
+    import jax.numpy as jnp
+
+    return dataclasses.replace(pair, model=pair.model.clone(dtype=jnp.dtype(dtype)))
 
 
 def jax_forward(pair: Pair, batch: Any) -> tuple[Callable[[], Any], dict[str, float]]:
-    """perceiver-jax jitted inference forward (float32), blocking; also returns lower/compile seconds and
+    """perceiver-jax jitted inference forward (in the model's compute dtype), blocking; also returns lower/compile seconds and
     the compiled program (`{"lower_s", "compile_s", "compiled"}`)."""
     import jax
 
