@@ -18,11 +18,11 @@ from benchmarks import common, workloads
 MIB = 2**20
 
 
-def _mlm(overrides: dict[str, Any], **head_kwargs):
-    from perceiver_jax import HEADS, PerceiverConfig
+def _mlm(overrides: dict[str, Any], remat: str = "none"):
+    from perceiver_jax import HEADS, PerceiverConfig, Settings
 
     config = PerceiverConfig(**overrides)
-    return HEADS["PerceiverForMaskedLM"](config, **head_kwargs)
+    return HEADS["PerceiverForMaskedLM"](config, settings=Settings(remat=remat))
 
 
 def _abstract_text_inputs(batch_size: int, seq_len: int):
@@ -41,7 +41,8 @@ def _abstract_train_state(model, args):
     from benchmarks.workloads import make_jax_train_step
 
     step, optimizer = make_jax_train_step(model)
-    params = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), *args))["params"]
+    init = jax.eval_shape(lambda key, a: model.init(key, **workloads.head_kwargs(a)), jax.random.key(0), args)
+    params = nn.unbox(init)["params"]
     return step, params, jax.eval_shape(optimizer.init, params)
 
 
@@ -67,7 +68,7 @@ def compile_times(
         row: dict[str, Any] = {"layers": depth}
         for _ in range(repeats):
             step, params, opt_state = _abstract_train_state(model, args)
-            forward = jax.jit(lambda p, *a: model.apply({"params": p}, *a))
+            forward = jax.jit(lambda p, *a: model.apply({"params": p}, **workloads.head_kwargs(a)))
             _, lower_s, compile_s = _lower_compile(forward, params, *args)
             _, train_lower_s, train_compile_s = _lower_compile(step, params, opt_state, 0, args, labels)
             for key, value in (
@@ -135,13 +136,13 @@ def decode_memory(flow_overrides: dict[str, Any], chunk_sizes: Sequence[int | No
     rows = []
     for chunk in chunk_sizes:
         model = HEADS["PerceiverForOpticalFlow"](config, chunk_size=chunk)
-        (frames,) = model.example_inputs(1)
+        frames = model.example_inputs(1)["inputs"]
         frames = jax.ShapeDtypeStruct(frames.shape, frames.dtype)
         params = jax.eval_shape(model.init, jax.random.key(0), frames)
         head, _, compile_s = _lower_compile(jax.jit(model.apply), params, frames)
         # The head's decoder on its own: the queries are the preprocessed pixels (patch features + positions).
         width = config.flow_patch_channels + 2 * (2 * config.flow_num_bands + 1)
-        decoder = BasicDecoder(config, output_num_channels=2, num_channels=width, chunk_size=chunk)
+        decoder = BasicDecoder(config=config, output_num_channels=2, num_channels=width, chunk_size=chunk)
         query = jax.ShapeDtypeStruct((1, num_queries, width), jnp.float32)
         latents = jax.ShapeDtypeStruct((1, config.num_latents, config.d_latents), jnp.float32)
         decoder_params = jax.eval_shape(decoder.init, jax.random.key(0), query, latents)
@@ -182,7 +183,7 @@ def _worker(argv: Sequence[str]) -> None:
     inputs = (jnp.asarray(batch["ids"], jnp.int32), jnp.asarray(batch["mask"], jnp.int32))
     labels = jnp.asarray(batch["labels"], jnp.int32)
     step, optimizer = workloads.make_jax_train_step(model, args.prng_impl)
-    params = jax.jit(model.init)(jax.random.key(0), *inputs)["params"]
+    params = jax.jit(model.init)(jax.random.key(0), **workloads.head_kwargs(inputs))["params"]
     opt_state = optimizer.init(params)
     compiled = step.lower(params, opt_state, 0, inputs, labels).compile()
     jax.block_until_ready((params, opt_state))

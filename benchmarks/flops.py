@@ -99,9 +99,9 @@ def masked_lm_flops(config: PerceiverConfig, seq_len: int) -> dict[str, int]:
         config.d_model,
         config.num_latents,
         config.d_latents,
-        config.mlm_decoder_qk_channels,
-        config.mlm_decoder_v_channels or config.d_model,
-        config.mlm_decoder_widening_factor,
+        config.mlm_decoder.qk_channels,
+        config.mlm_decoder.v_channels or config.d_model,
+        config.mlm_decoder.widening_factor,
     )
     parts["decoder"] = _total(attention_layer_flops(decoder))
     parts["output_embedding"] = 2 * config.mlm_num_queries * config.d_model * config.vocab_size
@@ -112,7 +112,7 @@ def classification_decoder_flops(config: PerceiverConfig) -> int:
     """Forward FLOPs per example of HF's classification decoder (one query of width d_latents)."""
     d = config.d_latents
     qk = _cross_qk(config, d, d, None)
-    shape = AttentionShape(1, d, config.num_latents, d, qk, qk, config.classification_decoder_widening_factor)
+    shape = AttentionShape(1, d, config.num_latents, d, qk, qk, config.classification_decoder.widening_factor)
     return _total(attention_layer_flops(shape)) + 2 * d * config.num_labels
 
 

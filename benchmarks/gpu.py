@@ -108,7 +108,7 @@ def train_mfu(args) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
 
-    from perceiver_jax import HEADS, PerceiverConfig
+    from perceiver_jax import HEADS, PerceiverConfig, Settings
 
     overrides = dict(workloads.TINY_LANGUAGE if args.tiny else workloads.LANGUAGE_PERCEIVER)
     overrides["attention_probs_dropout_prob"] = args.attention_dropout
@@ -120,10 +120,10 @@ def train_mfu(args) -> dict[str, Any]:
 
     def model_for(implementation: str):
         return HEADS["PerceiverForMaskedLM"](
-            config, dtype=jnp.bfloat16, param_dtype=jnp.float32, attention_implementation=implementation
+            config, settings=Settings(dtype=jnp.bfloat16, attention_implementation=implementation)
         )
 
-    params = jax.jit(model_for("xla").init)(jax.random.key(0), *inputs)["params"]
+    params = jax.jit(model_for("xla").init)(jax.random.key(0), **workloads.head_kwargs(inputs))["params"]
     optimizer = workloads.make_jax_train_step(model_for("xla"))[1]
     state = {"params": params, "opt": optimizer.init(params)}
     start = time.perf_counter()
@@ -172,7 +172,7 @@ def vision_throughput(args) -> list[dict[str, Any]]:
     import jax
     import jax.numpy as jnp
 
-    from perceiver_jax import HEADS, PerceiverConfig
+    from perceiver_jax import HEADS, PerceiverConfig, Settings
 
     rows = []
     for head, overrides in VISION_HEADS.items():
@@ -187,7 +187,7 @@ def vision_throughput(args) -> list[dict[str, Any]]:
 
         def model_for(implementation: str):
             return HEADS[head](
-                config, dtype=jnp.bfloat16, param_dtype=jnp.float32, attention_implementation=implementation
+                config, settings=Settings(dtype=jnp.bfloat16, attention_implementation=implementation)
             )
 
         variables = jax.jit(model_for("xla").init)(jax.random.key(0), images)

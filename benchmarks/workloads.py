@@ -49,6 +49,11 @@ TINY_VISION_FOURIER.update(num_self_attention_heads=2, num_labels=10, image_size
 ADAMW = dict(learning_rate=1e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01)
 
 
+def head_kwargs(args: tuple) -> dict[str, Any]:
+    """A head's call arguments from the positional `(inputs[, attention_mask])` the benchmarks pass around."""
+    return dict(zip(("inputs", "attention_mask"), args))
+
+
 def hf_config(overrides: dict[str, Any]):
     """A `transformers.PerceiverConfig` with `overrides` on HF's defaults."""
     import transformers
@@ -130,7 +135,8 @@ def with_compute_dtype(pair: Pair, dtype: str) -> Pair:
     float32."""
     import jax.numpy as jnp
 
-    return dataclasses.replace(pair, model=pair.model.clone(dtype=jnp.dtype(dtype)))
+    settings = pair.model.settings.replace(dtype=jnp.dtype(dtype))
+    return dataclasses.replace(pair, model=pair.model.clone(settings=settings))
 
 
 def jax_forward(pair: Pair, batch: Any) -> tuple[Callable[[], Any], dict[str, float]]:
@@ -141,7 +147,7 @@ def jax_forward(pair: Pair, batch: Any) -> tuple[Callable[[], Any], dict[str, fl
     args = _jax_inputs(pair.head, batch)
     model = pair.model
     start = time.perf_counter()
-    lowered = jax.jit(lambda v, *a: model.apply(v, *a)).lower(pair.variables, *args)
+    lowered = jax.jit(lambda v, *a: model.apply(v, **head_kwargs(a))).lower(pair.variables, *args)
     lowered_at = time.perf_counter()
     compiled = lowered.compile()
     timing = {
@@ -199,7 +205,9 @@ def make_jax_train_step(model: Any, prng_impl: str | None = None) -> Callable:
     optimizer = optax.adamw(**ADAMW)
 
     def loss_fn(params, rng, args, labels):
-        logits = model.apply({"params": params}, *args, deterministic=False, rngs={"dropout": rng})
+        logits = model.apply(
+            {"params": params}, **head_kwargs(args), deterministic=False, rngs={"dropout": rng}
+        )
         logits = logits.astype(jnp.float32)
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 

@@ -2,6 +2,7 @@
 
 Public API:
   PerceiverConfig                    the config (HF fields + the values HF hard-codes)
+  Settings                           how a model computes (dtype, attention implementation, remat)
   from_pretrained(path) -> (model, variables), save_pretrained(model, variables, path)
   PerceiverForMaskedLM, PerceiverForSequenceClassification, ... (the heads)
   PerceiverTokenizer                 the byte tokenizer
@@ -20,6 +21,8 @@ from perceiver_jax.heads import (
     PerceiverForSequenceClassification,
 )
 from perceiver_jax.model import PerceiverModel
+from perceiver_jax.outputs import PerceiverOutput
+from perceiver_jax.settings import Settings
 from perceiver_jax.tokenizer import PerceiverTokenizer
 
 __all__ = [
@@ -33,7 +36,9 @@ __all__ = [
     "PerceiverForOpticalFlow",
     "PerceiverForSequenceClassification",
     "PerceiverModel",
+    "PerceiverOutput",
     "PerceiverTokenizer",
+    "Settings",
     "from_pretrained",
     "save_pretrained",
 ]

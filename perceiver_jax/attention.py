@@ -3,26 +3,29 @@
 Shapes use B batch, M queries, N keys/values, H heads. Numerics follow HF's torch Perceiver exactly:
 LayerNorm eps 1e-5 with the two-pass variance, exact (erf) GELU, `softmax(q k^T / sqrt(d_head))` in
 float32 with an additive `finfo(float32).min` on masked keys, dropout on the attention probabilities only.
+Every layer returns `(output, attention probabilities)`; the probabilities `(B, H, M, N)` are what HF's
+`output_attentions` reports (None under cuDNN attention, which never materialises them).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from perceiver_jax.sharding import EMBED, HEADS, partitioned
+from perceiver_jax.settings import Settings
+from perceiver_jax.sharding import (
+    ACT_EMBED,
+    ACT_HEADS,
+    ACT_MLP,
+    BATCH,
+    EMBED,
+    HEADS,
+    LENGTH,
+    constrain,
+    partitioned,
+)
 from perceiver_jax.sharding import MLP as MLP_AXIS  # `MLP` is the module class below
-
-Dtype = Any
-
-# Implementations of the attention core: 'xla' is the explicit einsum/softmax (exact HF numerics, attention
-# dropout supported); 'cudnn' is flash attention on NVIDIA GPUs through `jax.nn.dot_product_attention`,
-# used by each attention whose inputs it takes (see `cudnn_applies`) when there is no dropout; the others
-# run 'xla'.
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 
 
 def cudnn_applies(q: jax.Array, k: jax.Array, v: jax.Array) -> bool:
@@ -55,29 +58,40 @@ def dot_general_f32_accumulation(lhs, rhs, dimension_numbers, precision=None, pr
     return out.astype(jnp.result_type(lhs, rhs))
 
 
+def einsum_f32_accumulation(subscripts: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
+    """`jnp.einsum` accumulating in float32, its result cast to `dtype` (see `dot_general_f32_accumulation`)."""
+    return jnp.einsum(subscripts, a, b, preferred_element_type=jnp.float32).astype(dtype)
+
+
 def dense(
-    features: int, in_name: str, out_name: str, init_std: float, dtype: Dtype, param_dtype: Dtype, name: str
-):
+    features: int,
+    *,
+    in_axis: str | None,
+    out_axis: str | None,
+    init_std: float,
+    settings: Settings,
+    name: str,
+) -> nn.Dense:
     """A `nn.Dense` with HF's init (normal(init_std) kernel, zero bias), logical axis names and float32
     accumulation (`dot_general_f32_accumulation`)."""
     return nn.Dense(
         features,
-        dtype=dtype,
-        param_dtype=param_dtype,
+        dtype=settings.dtype,
+        param_dtype=settings.param_dtype,
         dot_general=dot_general_f32_accumulation,
-        kernel_init=partitioned(jax.nn.initializers.normal(init_std), in_name, out_name),
-        bias_init=partitioned(jax.nn.initializers.zeros, out_name),
+        kernel_init=partitioned(jax.nn.initializers.normal(init_std), in_axis, out_axis),
+        bias_init=partitioned(jax.nn.initializers.zeros, out_axis),
         name=name,
     )
 
 
-def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.LayerNorm:
+def layer_norm(*, eps: float, settings: Settings, name: str) -> nn.LayerNorm:
     """torch-equivalent LayerNorm over the last axis (two-pass variance, statistics in float32)."""
     return nn.LayerNorm(
         epsilon=eps,
         use_fast_variance=False,
-        dtype=dtype,
-        param_dtype=param_dtype,
+        dtype=settings.dtype,
+        param_dtype=settings.param_dtype,
         scale_init=partitioned(jax.nn.initializers.ones, EMBED),
         bias_init=partitioned(jax.nn.initializers.zeros, EMBED),
         name=name,
@@ -89,7 +103,7 @@ def key_padding_bias(mask: jax.Array) -> jax.Array:
     return jnp.where(mask.astype(bool), 0.0, jnp.finfo(jnp.float32).min)[:, None, None, :].astype(jnp.float32)
 
 
-class Attention(nn.Module):
+class Attention(nn.Module, kw_only=True):
     """Multi-head attention with query/key/value/output projections (no norms, no residual).
 
     Attributes:
@@ -99,7 +113,6 @@ class Attention(nn.Module):
       output_channels: width of the output projection.
       dropout_rate: dropout on the attention probabilities when not deterministic.
       init_std: std of the kernel initialiser.
-      implementation: one of `ATTENTION_IMPLEMENTATIONS`.
     """
 
     num_heads: int
@@ -108,41 +121,49 @@ class Attention(nn.Module):
     output_channels: int
     dropout_rate: float = 0.0
     init_std: float = 0.02
-    implementation: str = "xla"
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+    settings: Settings = Settings()
+
+    def __post_init__(self):
+        for name, width in (("qk_channels", self.qk_channels), ("v_channels", self.v_channels)):
+            if width % self.num_heads:
+                raise ValueError(f"{name}={width} is not divisible by num_heads={self.num_heads}.")
+        super().__post_init__()
 
     @nn.compact
     def __call__(
         self,
         inputs_q: jax.Array,
         inputs_kv: jax.Array,
+        *,
         kv_mask: jax.Array | None = None,
         deterministic: bool = True,
-    ) -> jax.Array:
+    ) -> tuple[jax.Array, jax.Array | None]:
         """Attends `(B, M, Cq)` queries to `(B, N, Ckv)` keys/values; `kv_mask` `(B, N)`, 1 = keep.
 
-        Returns `(B, M, output_channels)`.
+        Returns `(B, M, output_channels)` and the attention probabilities `(B, H, M, N)` (None on cuDNN).
         """
-        for name, width in (("qk_channels", self.qk_channels), ("v_channels", self.v_channels)):
-            if width % self.num_heads:
-                raise ValueError(f"{name}={width} is not divisible by num_heads={self.num_heads}.")
-        if self.implementation not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(
-                f"attention implementation {self.implementation!r} not in {ATTENTION_IMPLEMENTATIONS}."
+
+        def projection(width, in_axis, out_axis, name):
+            return dense(
+                width,
+                in_axis=in_axis,
+                out_axis=out_axis,
+                init_std=self.init_std,
+                settings=self.settings,
+                name=name,
             )
-        args = (self.init_std, self.dtype, self.param_dtype)
-        q = dense(self.qk_channels, EMBED, HEADS, *args, name="query")(inputs_q)
-        k = dense(self.qk_channels, EMBED, HEADS, *args, name="key")(inputs_kv)
-        v = dense(self.v_channels, EMBED, HEADS, *args, name="value")(inputs_kv)
 
-        def split(x):  # (B, T, H * D) -> (B, T, H, D)
-            return x.reshape(x.shape[:-1] + (self.num_heads, x.shape[-1] // self.num_heads))
+        def heads(x):  # (B, T, H * D) -> (B, T, H, D)
+            x = x.reshape(x.shape[:-1] + (self.num_heads, x.shape[-1] // self.num_heads))
+            return constrain(x, BATCH, LENGTH, ACT_HEADS, None)
 
-        q, k, v = split(q), split(k), split(v)  # (B, M|N, H, D)
+        q = heads(projection(self.qk_channels, EMBED, HEADS, "query")(inputs_q))
+        k = heads(projection(self.qk_channels, EMBED, HEADS, "key")(inputs_kv))
+        v = heads(projection(self.v_channels, EMBED, HEADS, "value")(inputs_kv))
 
         use_dropout = not deterministic and self.dropout_rate > 0.0
-        if self.implementation == "cudnn" and not use_dropout and cudnn_applies(q, k, v):
+        probs = None
+        if self.settings.attention_implementation == "cudnn" and not use_dropout and cudnn_applies(q, k, v):
             bias = None
             if kv_mask is not None:  # cuDNN wants a (B, 1, M, N) bias
                 shape = (q.shape[0], 1, q.shape[1], k.shape[1])
@@ -153,35 +174,38 @@ class Attention(nn.Module):
             scores = scores / jnp.sqrt(jnp.float32(q.shape[-1]))
             if kv_mask is not None:
                 scores = scores + key_padding_bias(kv_mask)
-            probs = jax.nn.softmax(scores, axis=-1)
+            probs = constrain(jax.nn.softmax(scores, axis=-1), BATCH, ACT_HEADS, LENGTH, None)
+            weights = probs
             if use_dropout:
                 keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.dropout_rate, probs.shape)
-                probs = jnp.where(keep, probs / (1.0 - self.dropout_rate), 0.0)
-            probs = probs.astype(v.dtype)
-            out = jnp.einsum("bhmn,bnhd->bmhd", probs, v, preferred_element_type=jnp.float32).astype(v.dtype)
-        out = out.reshape(out.shape[:-2] + (self.v_channels,))
-        return dense(self.output_channels, HEADS, EMBED, *args, name="output")(out)
+                weights = jnp.where(keep, probs / (1.0 - self.dropout_rate), 0.0)
+            out = einsum_f32_accumulation("bhmn,bnhd->bmhd", weights.astype(v.dtype), v, v.dtype)
+        out = constrain(out, BATCH, LENGTH, ACT_HEADS, None).reshape(out.shape[:-2] + (self.v_channels,))
+        out = projection(self.output_channels, HEADS, EMBED, "output")(out)
+        return constrain(out, BATCH, LENGTH, ACT_EMBED), probs
 
 
-class MLP(nn.Module):
-    """Transformer MLP: Dense(widening * C) -> exact GELU -> Dense(C). Maps `(..., C)` to `(..., C)`."""
+class MLP(nn.Module, kw_only=True):
+    """Transformer MLP: Dense(widening * C) -> exact GELU -> Dense(C). Maps `(B, T, C)` to `(B, T, C)`."""
 
     widening_factor: int = 1
     init_std: float = 0.02
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+    settings: Settings = Settings()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        """`x` `(..., C)` -> `(..., C)`."""
+        """`x` `(B, T, C)` -> `(B, T, C)`."""
         channels = x.shape[-1]
-        args = (self.init_std, self.dtype, self.param_dtype)
-        h = dense(self.widening_factor * channels, EMBED, MLP_AXIS, *args, name="dense1")(x)
-        h = nn.gelu(h, approximate=False)
-        return dense(channels, MLP_AXIS, EMBED, *args, name="dense2")(h)
+        common = dict(init_std=self.init_std, settings=self.settings)
+        h = dense(self.widening_factor * channels, in_axis=EMBED, out_axis=MLP_AXIS, name="dense1", **common)(
+            x
+        )
+        h = constrain(nn.gelu(h, approximate=False), BATCH, LENGTH, ACT_MLP)
+        out = dense(channels, in_axis=MLP_AXIS, out_axis=EMBED, name="dense2", **common)(h)
+        return constrain(out, BATCH, LENGTH, ACT_EMBED)
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(nn.Module, kw_only=True):
     """Perceiver cross-attention layer: queries attend to normalised inputs, then an MLP.
 
     `out = a + MLP(LN(a))` with `a = Attention(LN(queries), LN(inputs)) [+ queries]`. The query residual
@@ -194,6 +218,7 @@ class CrossAttention(nn.Module):
       widening_factor: MLP hidden width / query width.
       use_query_residual: add the queries to the attention output.
       shape_for_attention: 'kv' or 'q', which width `qk_channels=None` defaults to.
+      dropout_rate: attention dropout; norm_eps: LayerNorm epsilon; init_std: kernel init std.
     """
 
     num_heads: int = 1
@@ -205,93 +230,97 @@ class CrossAttention(nn.Module):
     dropout_rate: float = 0.0
     norm_eps: float = 1e-5
     init_std: float = 0.02
-    implementation: str = "xla"
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+    settings: Settings = Settings()
 
     @nn.compact
     def __call__(
         self,
         queries: jax.Array,
         inputs: jax.Array,
+        *,
         inputs_mask: jax.Array | None = None,
         deterministic: bool = True,
-    ) -> jax.Array:
-        """`queries` `(B, M, Cq)`, `inputs` `(B, N, Ckv)`, `inputs_mask` `(B, N)` -> `(B, M, Cq)`."""
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """`queries` `(B, M, Cq)`, `inputs` `(B, N, Ckv)`, `inputs_mask` `(B, N)` -> `(B, M, Cq)` and the
+        attention probabilities `(B, H, M, N)`."""
         q_dim, kv_dim = queries.shape[-1], inputs.shape[-1]
-        default_qk = kv_dim if self.shape_for_attention == "kv" else q_dim
-        qk = self.qk_channels or default_qk
-        v = self.v_channels or qk
+        qk = self.qk_channels or (kv_dim if self.shape_for_attention == "kv" else q_dim)
 
         def norm(name):
-            return layer_norm(self.norm_eps, self.dtype, self.param_dtype, name)
+            return layer_norm(eps=self.norm_eps, settings=self.settings, name=name)
 
-        attended = Attention(
-            self.num_heads,
-            qk,
-            v,
-            q_dim,
-            self.dropout_rate,
-            self.init_std,
-            self.implementation,
-            self.dtype,
-            self.param_dtype,
+        attention = Attention(
+            num_heads=self.num_heads,
+            qk_channels=qk,
+            v_channels=self.v_channels or qk,
+            output_channels=q_dim,
+            dropout_rate=self.dropout_rate,
+            init_std=self.init_std,
+            settings=self.settings,
             name="attention",
-        )(norm("query_norm")(queries), norm("kv_norm")(inputs), inputs_mask, deterministic)
+        )
+        attended, probs = attention(
+            norm("query_norm")(queries),
+            norm("kv_norm")(inputs),
+            kv_mask=inputs_mask,
+            deterministic=deterministic,
+        )
         if self.use_query_residual:
             attended = attended + queries
-        mlp = MLP(self.widening_factor, self.init_std, self.dtype, self.param_dtype, name="mlp")
-        return attended + mlp(norm("mlp_norm")(attended))
+        mlp = MLP(
+            widening_factor=self.widening_factor, init_std=self.init_std, settings=self.settings, name="mlp"
+        )
+        return attended + mlp(norm("mlp_norm")(attended)), probs
 
 
-class SelfAttention(nn.Module):
-    """Perceiver self-attention layer on the latents: `a = z + Attn(LN(z))`, `out = a + MLP(LN(a))`.
+class SelfAttention(nn.Module, kw_only=True):
+    """Perceiver self-attention layer on the latents: `a = Attn(LN(z)) [+ z]`, `out = a + MLP(LN(a))`.
 
     Attributes:
       num_heads, qk_channels, v_channels: attention shape (None: the latent width D; `v_channels` must
         equal D, as in HF where the output projection keeps the value width).
       widening_factor: MLP hidden width / D.
+      use_query_residual: add the latents to the attention output (HF always does).
+      dropout_rate: attention dropout; norm_eps: LayerNorm epsilon; init_std: kernel init std.
     """
 
     num_heads: int = 1
     qk_channels: int | None = None
     v_channels: int | None = None
     widening_factor: int = 1
+    use_query_residual: bool = True
     dropout_rate: float = 0.0
     norm_eps: float = 1e-5
     init_std: float = 0.02
-    implementation: str = "xla"
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+    settings: Settings = Settings()
 
     @nn.compact
-    def __call__(self, latents: jax.Array, deterministic: bool = True) -> jax.Array:
-        """`latents` `(B, N, D)` -> `(B, N, D)`."""
+    def __call__(
+        self, latents: jax.Array, *, deterministic: bool = True
+    ) -> tuple[jax.Array, jax.Array | None]:
+        """`latents` `(B, N, D)` -> `(B, N, D)` and the attention probabilities `(B, H, N, N)`."""
         width = latents.shape[-1]
         qk = self.qk_channels or width
-        v = self.v_channels or qk
-        if v != width:
-            raise ValueError(
-                f"self-attention value width {v} must equal the latent width {width} (HF's residual needs it); "
-                "set v_channels to d_latents or None."
-            )
 
         def norm(name):
-            return layer_norm(self.norm_eps, self.dtype, self.param_dtype, name)
+            return layer_norm(eps=self.norm_eps, settings=self.settings, name=name)
 
         normed = norm("query_norm")(latents)
-        attended = Attention(
-            self.num_heads,
-            qk,
-            v,
-            width,
-            self.dropout_rate,
-            self.init_std,
-            self.implementation,
-            self.dtype,
-            self.param_dtype,
+        attention = Attention(
+            num_heads=self.num_heads,
+            qk_channels=qk,
+            v_channels=self.v_channels or qk,
+            output_channels=width,
+            dropout_rate=self.dropout_rate,
+            init_std=self.init_std,
+            settings=self.settings,
             name="attention",
-        )(normed, normed, None, deterministic)
-        attended = attended + latents
-        mlp = MLP(self.widening_factor, self.init_std, self.dtype, self.param_dtype, name="mlp")
-        return attended + mlp(norm("mlp_norm")(attended))
+        )
+        attended, probs = attention(normed, normed, deterministic=deterministic)
+        if self.use_query_residual:
+            attended = attended + latents
+        mlp = MLP(
+            widening_factor=self.widening_factor, init_std=self.init_std, settings=self.settings, name="mlp"
+        )
+        out = attended + mlp(norm("mlp_norm")(attended))
+        return constrain(out, BATCH, LENGTH, ACT_EMBED), probs

@@ -2,69 +2,62 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from perceiver_jax.attention import CrossAttention, SelfAttention
 from perceiver_jax.config import PerceiverConfig
-from perceiver_jax.sharding import EMBED, LATENTS, LAYERS, partitioned
-
-Dtype = Any
-
-# Activation rematerialisation of each self-attention layer: what the backward pass may keep.
-REMAT_POLICIES = {
-    "none": None,  # no rematerialisation
-    "full": jax.checkpoint_policies.nothing_saveable,  # keep only each layer's input
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep projections, recompute attention
-}
+from perceiver_jax.outputs import PerceiverOutput
+from perceiver_jax.settings import REMAT_POLICIES, Settings
+from perceiver_jax.sharding import ACT_EMBED, BATCH, EMBED, LATENTS, LAYERS, LENGTH, constrain, partitioned
 
 
-class PerceiverEncoder(nn.Module):
+class PerceiverEncoder(nn.Module, kw_only=True):
     """Latents `(N, D)` cross-attend once to the inputs, then `num_blocks` x `num_self_attends_per_block`
     self-attention layers; the block's layers have their own weights, the blocks share them.
 
     The layer stack is an `nn.scan` (weights stacked on a leading 'layers' axis) inside an `nn.scan` over
-    blocks with broadcast weights, so compile time does not grow with depth.
+    blocks with broadcast weights, so compile time does not grow with depth. `settings.remat` applies to
+    each layer.
 
     Attributes:
       config: the model config (latent shape, heads, widths, dropout).
-      remat: key of `REMAT_POLICIES` applied to each self-attention layer.
-      attention_implementation: see `perceiver_jax.attention.ATTENTION_IMPLEMENTATIONS`.
     """
 
     config: PerceiverConfig
-    remat: str = "none"
-    attention_implementation: str = "xla"
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+    settings: Settings = Settings()
 
     @nn.compact
     def __call__(
-        self, inputs: jax.Array, inputs_mask: jax.Array | None = None, deterministic: bool = True
-    ) -> jax.Array:
-        """`inputs` `(B, M, C)`, `inputs_mask` `(B, M)` (1 = real, 0 = padding) -> latents `(B, N, D)`."""
+        self,
+        inputs: jax.Array,
+        *,
+        inputs_mask: jax.Array | None = None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> PerceiverOutput:
+        """`inputs` `(B, M, C)`, `inputs_mask` `(B, M)` (1 = real, 0 = padding) -> the final latents
+        `(B, N, D)` as `last_hidden_state`, with HF's `hidden_states` (the latents entering each layer and
+        leaving each block), `attentions` (each layer's `(B, H, N, N)`) and `cross_attentions` (the
+        cross-attention's `(B, H, N, M)`) when asked for."""
         cfg = self.config
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"remat={self.remat!r}; choose one of {sorted(REMAT_POLICIES)}.")
         common = dict(
             dropout_rate=cfg.attention_probs_dropout_prob,
             norm_eps=cfg.norm_eps,
             init_std=cfg.initializer_range,
-            implementation=self.attention_implementation,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
+            settings=self.settings,
         )
         latents = self.param(
             "latents",
             partitioned(jax.nn.initializers.normal(cfg.initializer_range), LATENTS, EMBED),
             (cfg.num_latents, cfg.d_latents),
-            self.param_dtype,
+            self.settings.param_dtype,
         )
-        z = jnp.broadcast_to(latents.astype(self.dtype)[None], (inputs.shape[0],) + latents.shape)
-        z = CrossAttention(
+        z = jnp.broadcast_to(latents.astype(self.settings.dtype)[None], (inputs.shape[0],) + latents.shape)
+        z = constrain(z, BATCH, LENGTH, ACT_EMBED)
+        cross_attention = CrossAttention(
             num_heads=cfg.num_cross_attention_heads,
             qk_channels=cfg.qk_channels,
             v_channels=cfg.v_channels,
@@ -73,14 +66,18 @@ class PerceiverEncoder(nn.Module):
             shape_for_attention=cfg.cross_attention_shape_for_attention,
             name="cross_attention",
             **common,
-        )(z, inputs.astype(self.dtype), inputs_mask, deterministic)
+        )
+        z, cross_probs = cross_attention(
+            z, inputs.astype(self.settings.dtype), inputs_mask=inputs_mask, deterministic=deterministic
+        )
+        z = constrain(z, BATCH, LENGTH, ACT_EMBED)
 
         def layer_step(layer, z, _):
-            return layer(z, deterministic), None
+            out, probs = layer(z, deterministic=deterministic)
+            return out, (z if output_hidden_states else None, probs if output_attentions else None)
 
-        policy = REMAT_POLICIES[self.remat]
-        if self.remat != "none":
-            layer_step = nn.remat(layer_step, prevent_cse=False, policy=policy)
+        if self.settings.remat != "none":
+            layer_step = nn.remat(layer_step, prevent_cse=False, policy=REMAT_POLICIES[self.settings.remat])
         layers = nn.scan(
             layer_step,
             variable_axes={"params": 0},
@@ -90,7 +87,8 @@ class PerceiverEncoder(nn.Module):
         )
 
         def block_step(layer, z, _):
-            return layers(layer, z, None)[0], None
+            z, per_layer = layers(layer, z, None)
+            return z, (per_layer, z if output_hidden_states else None)
 
         blocks = nn.scan(
             block_step,
@@ -103,8 +101,26 @@ class PerceiverEncoder(nn.Module):
             qk_channels=cfg.qk_channels,
             v_channels=cfg.v_channels,
             widening_factor=cfg.self_attention_widening_factor,
+            use_query_residual=cfg.self_attention_use_query_residual,
             name="self_attends",
             **common,
         )
-        z, _ = blocks(layer, z, None)
-        return z
+        z, ((layer_inputs, probs), block_outputs) = blocks(layer, z, None)
+        hidden_states = attentions = None
+        if output_hidden_states:  # HF's order: each layer's input, then the block's output, block by block
+            hidden_states = tuple(
+                h
+                for b in range(cfg.num_blocks)
+                for h in (
+                    *(layer_inputs[b, i] for i in range(cfg.num_self_attends_per_block)),
+                    block_outputs[b],
+                )
+            )
+        if output_attentions:
+            attentions = tuple(probs.reshape(-1, *probs.shape[2:]))
+        return PerceiverOutput(
+            last_hidden_state=z,
+            hidden_states=hidden_states,
+            attentions=attentions,
+            cross_attentions=(cross_probs,) if output_attentions else None,
+        )

@@ -1,12 +1,16 @@
 """Task heads: a `PerceiverModel` (submodule `perceiver`) wired with the preprocessor and decoder of each
 HF head class, so parameter names mirror HF's state dict.
 
-Every head takes `(config, dtype, param_dtype, remat, attention_implementation)` and its `__call__`
-returns the logits (float32), inference by default (`deterministic=True`, no RNG needed).
+Every head is built as `Head(config, settings=Settings(...))` and called as `head.apply(variables,
+inputs, *, attention_mask=None, deterministic=True, output_hidden_states=False, output_attentions=False,
+...)` (head-specific keyword flags after those). It returns float32 logits, or a `PerceiverOutput` holding
+them when `output_hidden_states` / `output_attentions` ask for more. Inference is the default
+(`deterministic=True`, no RNG needed). Inputs are checked here, where they enter.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -25,78 +29,105 @@ from perceiver_jax.multimodal import (
     MultimodalPostprocessor,
     MultimodalPreprocessor,
 )
+from perceiver_jax.outputs import PerceiverOutput
+from perceiver_jax.position_encoding import (
+    FourierPositionEncoding,
+    PositionEncodingProjector,
+    TrainablePositionEncoding,
+)
 from perceiver_jax.postprocessors import ClassificationPostprocessor, ProjectionPostprocessor
-from perceiver_jax.position_encoding import FourierPositionEncoding, TrainablePositionEncoding
-from perceiver_jax.preprocessors import OneHotPreprocessor, TextPreprocessor
-from perceiver_jax.vision import ImagePreprocessor
-
-Dtype = Any
+from perceiver_jax.preprocessors import OneHotPreprocessor, TextPreprocessor, check_token_ids
+from perceiver_jax.settings import Settings
+from perceiver_jax.vision import Conv2DDownsample, ImagePreprocessor
 
 
 class PerceiverHead(nn.Module):
-    """Fields shared by all heads; subclasses define `setup` and `__call__`."""
+    """Fields and helpers shared by all heads; subclasses define `setup`, `example_inputs`, `__call__`.
+
+    Attributes:
+      config: the model's hyper-parameters.
+      settings: how it computes (dtype, attention implementation, remat).
+    """
 
     config: PerceiverConfig
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    remat: str = "none"
-    attention_implementation: str = "xla"
+    _: dataclasses.KW_ONLY
+    settings: Settings = Settings()
 
-    def _perceiver(self, **modules) -> PerceiverModel:
-        """A `PerceiverModel` named `perceiver` with this head's settings and the given modules."""
-        return PerceiverModel(
-            self.config,
-            remat=self.remat,
-            attention_implementation=self.attention_implementation,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="perceiver",
-            **modules,
-        )
-
-    def example_inputs(self, batch_size: int = 1) -> tuple[Any, ...]:
-        """Positional inputs of the right shapes and dtypes for `init` (and shape inference)."""
+    def example_inputs(self, batch_size: int = 1) -> dict[str, Any]:
+        """Keyword arguments of the right shapes and dtypes for `init` (and shape inference)."""
         raise NotImplementedError
 
-    def _text_preprocessor(self) -> TextPreprocessor:
-        cfg = self.config
-        return TextPreprocessor(
-            cfg.vocab_size,
-            cfg.d_model,
-            cfg.max_position_embeddings,
-            cfg.initializer_range,
-            self.dtype,
-            self.param_dtype,
+    def _perceiver(self, **modules) -> PerceiverModel:
+        """A `PerceiverModel` named `perceiver` with this head's config, settings and the given modules."""
+        return PerceiverModel(config=self.config, settings=self.settings, name="perceiver", **modules)
+
+    def _fourier(self, index_dims, num_bands: int, max_resolution=None) -> FourierPositionEncoding:
+        """A Fourier encoding with the config's `fourier_concat_pos` / `fourier_sine_only`."""
+        return FourierPositionEncoding(
+            index_dims=tuple(index_dims),
+            num_bands=num_bands,
+            max_resolution=None if max_resolution is None else tuple(max_resolution),
+            concat_pos=self.config.fourier_concat_pos,
+            sine_only=self.config.fourier_sine_only,
+            settings=self.settings,
         )
 
     def _classification_decoder(self) -> ClassificationDecoder:
         """HF's `PerceiverClassificationDecoder`: one learned query of width d_latents."""
         cfg = self.config
-        return ClassificationDecoder(
-            BasicDecoder(
-                cfg,
-                output_num_channels=cfg.num_labels,
-                output_position_encodings=TrainablePositionEncoding(
-                    1, cfg.d_latents, cfg.initializer_range, self.dtype, self.param_dtype
-                ),
-                output_index_dims=(1,),
-                num_channels=cfg.d_latents,
-                num_heads=cfg.classification_decoder_num_heads,
-                widening_factor=cfg.classification_decoder_widening_factor,
-                use_query_residual=cfg.classification_decoder_use_query_residual,
-                attention_implementation=self.attention_implementation,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-            )
+        query = TrainablePositionEncoding(
+            index_dims=(1,),
+            num_channels=cfg.d_latents,
+            init_std=cfg.initializer_range,
+            settings=self.settings,
         )
+        decoder = BasicDecoder(
+            config=cfg,
+            output_num_channels=cfg.num_labels,
+            output_position_encodings=query,
+            **dataclasses.asdict(cfg.classification_decoder),
+            settings=self.settings,
+        )
+        return ClassificationDecoder(decoder=decoder)
+
+    @staticmethod
+    def _result(output: PerceiverOutput, logits: Any, output_hidden_states: bool, output_attentions: bool):
+        """`logits`, or `output` holding them when more was asked for."""
+        return output.replace(logits=logits) if output_hidden_states or output_attentions else logits
+
+
+def _check_batch(batch_size: int, what: str) -> None:
+    if batch_size < 1:
+        raise ValueError(f"{what} has batch size {batch_size}; a batch needs at least one example.")
 
 
 class _TextHead(PerceiverHead):
-    """A head whose inputs are token ids `(B, T)`."""
+    """A head whose inputs are token ids `(B, T)` with an optional attention mask `(B, T)`."""
 
-    def example_inputs(self, batch_size: int = 1) -> tuple[Any, ...]:
+    def _text_preprocessor(self) -> TextPreprocessor:
+        cfg = self.config
+        return TextPreprocessor(
+            vocab_size=cfg.vocab_size,
+            d_model=cfg.d_model,
+            max_position_embeddings=cfg.max_position_embeddings,
+            init_std=cfg.initializer_range,
+            settings=self.settings,
+        )
+
+    def example_inputs(self, batch_size: int = 1) -> dict[str, Any]:
         """Token ids `(batch_size, min(8, max_position_embeddings))` of zeros."""
-        return (jnp.zeros((batch_size, min(8, self.config.max_position_embeddings)), jnp.int32),)
+        return {"inputs": jnp.zeros((batch_size, min(8, self.config.max_position_embeddings)), jnp.int32)}
+
+    def _run(self, inputs, attention_mask, deterministic, output_hidden_states, output_attentions):
+        check_token_ids(inputs, self.config.vocab_size, self.config.max_position_embeddings)
+        _check_batch(inputs.shape[0], "the token ids")
+        return self.perceiver(
+            inputs,
+            attention_mask=attention_mask,
+            deterministic=deterministic,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
 
 
 class PerceiverForMaskedLM(_TextHead):
@@ -106,46 +137,53 @@ class PerceiverForMaskedLM(_TextHead):
     length) attend to the latents; logits use the input embedding table (tied) plus a bias.
     """
 
+    def __post_init__(self):
+        mlm = self.config.mlm_decoder
+        for name, width in (
+            ("qk_channels", mlm.qk_channels),
+            ("v_channels", mlm.v_channels or self.config.d_model),
+        ):
+            if width is not None and width % mlm.num_heads:
+                raise ValueError(
+                    f"PerceiverConfig.mlm_decoder.{name}={width} (v_channels None: d_model) must be divisible by "
+                    f"mlm_decoder.num_heads={mlm.num_heads} to build the masked-LM decoder."
+                )
+        super().__post_init__()
+
     def setup(self):
         cfg = self.config
-        v_channels = cfg.mlm_decoder_v_channels or cfg.d_model
-        for name, width in (
-            ("mlm_decoder_qk_channels", cfg.mlm_decoder_qk_channels),
-            ("mlm_decoder_v_channels (d_model when None)", v_channels),
-        ):
-            if width % cfg.mlm_decoder_num_heads:
-                raise ValueError(
-                    f"PerceiverConfig.{name}={width} must be divisible by "
-                    f"mlm_decoder_num_heads={cfg.mlm_decoder_num_heads}."
-                )
-        decoder = BasicDecoder(
-            cfg,
-            output_num_channels=cfg.d_latents,
-            output_position_encodings=TrainablePositionEncoding(
-                cfg.mlm_num_queries, cfg.d_model, cfg.initializer_range, self.dtype, self.param_dtype
-            ),
-            output_index_dims=(cfg.mlm_num_queries,),
+        attention = dataclasses.replace(cfg.mlm_decoder, v_channels=cfg.mlm_decoder.v_channels or cfg.d_model)
+        queries = TrainablePositionEncoding(
+            index_dims=(cfg.mlm_num_queries,),
             num_channels=cfg.d_model,
-            qk_channels=cfg.mlm_decoder_qk_channels,
-            v_channels=v_channels,
-            num_heads=cfg.mlm_decoder_num_heads,
-            widening_factor=cfg.mlm_decoder_widening_factor,
-            use_query_residual=cfg.mlm_decoder_use_query_residual,
+            init_std=cfg.initializer_range,
+            settings=self.settings,
+        )
+        decoder = BasicDecoder(
+            config=cfg,
+            output_num_channels=cfg.d_latents,
+            output_position_encodings=queries,
             final_project=False,
-            attention_implementation=self.attention_implementation,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
+            **dataclasses.asdict(attention),
+            settings=self.settings,
         )
         self.perceiver = self._perceiver(input_preprocessor=self._text_preprocessor(), decoder=decoder)
-        self.embedding_decoder = EmbeddingDecoder(cfg.vocab_size, self.dtype, self.param_dtype)
+        self.embedding_decoder = EmbeddingDecoder(vocab_size=cfg.vocab_size, settings=self.settings)
 
     def __call__(
-        self, inputs: jax.Array, attention_mask: jax.Array | None = None, deterministic: bool = True
-    ) -> jax.Array:
+        self,
+        inputs: jax.Array,
+        *,
+        attention_mask: jax.Array | None = None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ):
         """Token ids `(B, T)`, `attention_mask` `(B, T)` -> logits `(B, mlm_num_queries, vocab_size)`."""
-        hidden, _ = self.perceiver(inputs, attention_mask, deterministic=deterministic)
+        output = self._run(inputs, attention_mask, deterministic, output_hidden_states, output_attentions)
         table = self.perceiver.input_preprocessor.embeddings.embedding
-        return self.embedding_decoder(hidden, table).astype(jnp.float32)
+        logits = self.embedding_decoder(output.logits, table).astype(jnp.float32)
+        return self._result(output, logits, output_hidden_states, output_attentions)
 
 
 class PerceiverForSequenceClassification(_TextHead):
@@ -157,17 +195,19 @@ class PerceiverForSequenceClassification(_TextHead):
         )
 
     def __call__(
-        self, inputs: jax.Array, attention_mask: jax.Array | None = None, deterministic: bool = True
-    ) -> jax.Array:
+        self,
+        inputs: jax.Array,
+        *,
+        attention_mask: jax.Array | None = None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ):
         """Token ids `(B, T)`, `attention_mask` `(B, T)` -> logits `(B, num_labels)`."""
-        logits, _ = self.perceiver(inputs, attention_mask, deterministic=deterministic)
-        return logits.astype(jnp.float32)
-
-
-def _image_size(config: PerceiverConfig) -> tuple[int, int]:
-    """`config.image_size` as (height, width)."""
-    size = config.image_size
-    return (size, size) if isinstance(size, int) else tuple(size)
+        output = self._run(inputs, attention_mask, deterministic, output_hidden_states, output_attentions)
+        return self._result(
+            output, output.logits.astype(jnp.float32), output_hidden_states, output_attentions
+        )
 
 
 class _ImageClassifier(PerceiverHead):
@@ -187,53 +227,117 @@ class _ImageClassifier(PerceiverHead):
             input_preprocessor=self._image_preprocessor(), decoder=self._classification_decoder()
         )
 
-    def example_inputs(self, batch_size: int = 1) -> tuple[Any, ...]:
+    def example_inputs(self, batch_size: int = 1) -> dict[str, Any]:
         """Zero images `(batch_size, *image_size, 3)`."""
-        return (jnp.zeros((batch_size, *_image_size(self.config), 3), jnp.float32),)
+        return {"inputs": jnp.zeros((batch_size, *self.config.image_hw, 3), jnp.float32)}
 
-    def __call__(
-        self, inputs: jax.Array, deterministic: bool = True, interpolate_pos_encoding: bool = False
-    ) -> jax.Array:
-        """Images `(B, H, W, 3)` -> logits `(B, num_labels)`.
-
-        `interpolate_pos_encoding` resizes a learned position table to the image (torch bicubic, as HF);
-        Fourier encodings take any image size.
-        """
+    def _check_images(self, inputs: jax.Array, interpolate_pos_encoding: bool) -> None:
         if inputs.ndim != 4 or inputs.shape[-1] != 3:
             raise ValueError(
                 f"images must be RGB (batch, height, width, 3), channels last; got shape {inputs.shape}."
             )
-        logits, _ = self.perceiver(
-            inputs, deterministic=deterministic, interpolate_pos_encoding=interpolate_pos_encoding
+        if not jnp.issubdtype(inputs.dtype, jnp.floating):
+            raise TypeError(
+                f"images must be floats (normalised as perceiver_jax.image_processing does); got dtype {inputs.dtype}."
+            )
+        _check_batch(inputs.shape[0], "the images")
+
+    def _classify(
+        self,
+        inputs,
+        attention_mask,
+        deterministic,
+        interpolate_pos_encoding,
+        output_hidden_states,
+        output_attentions,
+    ):
+        self._check_images(inputs, interpolate_pos_encoding)
+        output = self.perceiver(
+            inputs,
+            attention_mask=attention_mask,
+            deterministic=deterministic,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
-        return logits.astype(jnp.float32)
+        return self._result(
+            output, output.logits.astype(jnp.float32), output_hidden_states, output_attentions
+        )
+
+    def __call__(
+        self,
+        inputs: jax.Array,
+        *,
+        attention_mask: jax.Array | None = None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ):
+        """Images `(B, H, W, 3)` of any size -> logits `(B, num_labels)`; `attention_mask` `(B, M)` over the
+        M image tokens."""
+        return self._classify(
+            inputs, attention_mask, deterministic, False, output_hidden_states, output_attentions
+        )
 
 
 class PerceiverForImageClassificationLearned(_ImageClassifier):
     """Image classifier with learned positions (HF `PerceiverForImageClassificationLearned`,
     `deepmind/vision-perceiver-learned`): a 1x1 conv to `image_learned_conv_channels`, concatenated with a
-    learned `image_size`^2-position table projected to `image_learned_project_pos_dim`. Images of another
+    learned `image_size` position table projected to `image_learned_project_pos_dim`. Images of another
     size need `interpolate_pos_encoding=True`."""
 
     def _image_preprocessor(self) -> ImagePreprocessor:
         cfg = self.config
-        height, width = _image_size(cfg)
         table = TrainablePositionEncoding(
-            height * width,
-            cfg.image_learned_pos_channels,
-            cfg.initializer_range,
-            self.dtype,
-            self.param_dtype,
+            index_dims=cfg.image_hw,
+            num_channels=cfg.image_learned_pos_channels,
+            init_std=cfg.initializer_range,
+            settings=self.settings,
+        )
+        positions = PositionEncodingProjector(
+            encoding=table,
+            output_channels=cfg.image_learned_project_pos_dim,
+            init_std=cfg.initializer_range,
+            settings=self.settings,
         )
         return ImagePreprocessor(
-            table,
+            position_embeddings=positions,
             prep_type="conv1x1",
             spatial_downsample=1,
             out_channels=cfg.image_learned_conv_channels,
-            project_pos_dim=cfg.image_learned_project_pos_dim,
             init_std=cfg.initializer_range,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
+            settings=self.settings,
+        )
+
+    def _check_images(self, inputs: jax.Array, interpolate_pos_encoding: bool) -> None:
+        super()._check_images(inputs, interpolate_pos_encoding)
+        if not interpolate_pos_encoding and tuple(inputs.shape[1:3]) != self.config.image_hw:
+            side = "x".join(map(str, self.config.image_hw))
+            raise ValueError(
+                f"the images are {inputs.shape[1]}x{inputs.shape[2]} but the learned position table is {side} "
+                f"(image_size): pass interpolate_pos_encoding=True to resize the table (torch bicubic, as HF), "
+                "or resize the images to the size the table was trained for."
+            )
+
+    def __call__(
+        self,
+        inputs: jax.Array,
+        *,
+        attention_mask: jax.Array | None = None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        interpolate_pos_encoding: bool = False,
+    ):
+        """Images `(B, H, W, 3)` -> logits `(B, num_labels)`; `interpolate_pos_encoding` resizes the learned
+        table to images of another size (torch bicubic, as HF)."""
+        return self._classify(
+            inputs,
+            attention_mask,
+            deterministic,
+            interpolate_pos_encoding,
+            output_hidden_states,
+            output_attentions,
         )
 
 
@@ -245,35 +349,59 @@ class PerceiverForImageClassificationFourier(_ImageClassifier):
     def _image_preprocessor(self) -> ImagePreprocessor:
         cfg = self.config
         return ImagePreprocessor(
-            FourierPositionEncoding(
-                cfg.image_fourier_num_bands, cfg.image_fourier_max_resolution, dtype=self.dtype
+            position_embeddings=self._fourier(
+                cfg.image_hw, cfg.image_fourier_num_bands, cfg.image_fourier_max_resolution
             ),
             prep_type="pixels",
             spatial_downsample=1,
             init_std=cfg.initializer_range,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
+            settings=self.settings,
         )
 
 
 class PerceiverForImageClassificationConvProcessing(_ImageClassifier):
     """Image classifier with a conv stem (HF `PerceiverForImageClassificationConvProcessing`,
-    `deepmind/vision-perceiver-conv`): `Conv2DDownsample` (4x, `image_conv_channels`, batch norm) and 2-D
-    Fourier positions (`image_conv_num_bands` at `image_conv_max_resolution`); any image size."""
+    `deepmind/vision-perceiver-conv`): `Conv2DDownsample` (`image_conv_*`: 7x7 stride-2 conv, batch norm,
+    3x3 stride-2 max-pool, 64 channels) and 2-D Fourier positions (`image_conv_num_bands` at
+    `image_conv_max_resolution`); any image size the stem can downsample."""
+
+    def _stem(self) -> Conv2DDownsample:
+        cfg = self.config
+        return Conv2DDownsample(
+            out_channels=cfg.image_conv_channels,
+            kernel_size=cfg.image_conv_kernel_size,
+            stride=cfg.image_conv_stride,
+            padding=cfg.image_conv_padding,
+            pool_size=cfg.image_conv_pool_size,
+            pool_stride=cfg.image_conv_pool_stride,
+            batchnorm_momentum=cfg.image_conv_batchnorm_momentum,
+            batchnorm_eps=cfg.image_conv_batchnorm_eps,
+            init_std=cfg.initializer_range,
+            settings=self.settings,
+        )
 
     def _image_preprocessor(self) -> ImagePreprocessor:
         cfg = self.config
+        stem = self._stem()
         return ImagePreprocessor(
-            FourierPositionEncoding(
-                cfg.image_conv_num_bands, cfg.image_conv_max_resolution, dtype=self.dtype
+            position_embeddings=self._fourier(
+                stem.output_size(*cfg.image_hw), cfg.image_conv_num_bands, cfg.image_conv_max_resolution
             ),
             prep_type="conv",
             spatial_downsample=1,
-            out_channels=cfg.image_conv_channels,
+            convnet=stem,
             init_std=cfg.initializer_range,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
+            settings=self.settings,
         )
+
+    def _check_images(self, inputs: jax.Array, interpolate_pos_encoding: bool) -> None:
+        super()._check_images(inputs, interpolate_pos_encoding)
+        stem = self.perceiver.input_preprocessor.convnet
+        if min(inputs.shape[1:3]) < stem.min_input_size():
+            raise ValueError(
+                f"{inputs.shape[1]}x{inputs.shape[2]} images are too small for the conv stem (its convolution "
+                f"and max-pool leave no pixel): use images of at least {stem.min_input_size()} pixels a side."
+            )
 
 
 class PerceiverForOpticalFlow(PerceiverHead):
@@ -290,47 +418,51 @@ class PerceiverForOpticalFlow(PerceiverHead):
         the full-size model has 182,528 queries, so set e.g. 8192 to bound memory).
     """
 
+    _: dataclasses.KW_ONLY
     chunk_size: int | None = None
 
     def setup(self):
         cfg = self.config
-        if self.chunk_size is not None and (not isinstance(self.chunk_size, int) or self.chunk_size <= 0):
-            raise ValueError(f"chunk_size must be None or a positive integer, got {self.chunk_size!r}.")
-        positions = FourierPositionEncoding(cfg.flow_num_bands, cfg.train_size, dtype=self.dtype)
         preprocessor = ImagePreprocessor(
-            positions,
+            position_embeddings=self._fourier(cfg.train_size, cfg.flow_num_bands),
             prep_type="patches",
             spatial_downsample=1,
             temporal_downsample=cfg.flow_temporal_downsample,
             out_channels=cfg.flow_patch_channels,
             conv_after_patching=True,
+            in_channels=cfg.flow_frame_channels,
             init_std=cfg.initializer_range,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
+            settings=self.settings,
         )
         decoder = BasicDecoder(
-            cfg,
+            config=cfg,
             output_num_channels=2,
-            num_channels=cfg.flow_patch_channels + positions.output_size(),
-            num_heads=cfg.flow_decoder_num_heads,
-            widening_factor=cfg.flow_decoder_widening_factor,
-            use_query_residual=cfg.flow_decoder_use_query_residual,
+            num_channels=preprocessor.num_channels(),
             chunk_size=self.chunk_size,
-            attention_implementation=self.attention_implementation,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
+            **dataclasses.asdict(cfg.flow_decoder),
+            settings=self.settings,
         )
-        flow_decoder = OpticalFlowDecoder(decoder, tuple(cfg.train_size), cfg.flow_rescale_factor)
+        flow_decoder = OpticalFlowDecoder(
+            decoder=decoder, output_image_shape=tuple(cfg.train_size), rescale_factor=cfg.flow_rescale_factor
+        )
         self.perceiver = self._perceiver(input_preprocessor=preprocessor, decoder=flow_decoder)
 
-    def example_inputs(self, batch_size: int = 1) -> tuple[Any, ...]:
+    def example_inputs(self, batch_size: int = 1) -> dict[str, Any]:
         """Zero patches `(batch_size, flow_temporal_downsample, *train_size, flow_frame_channels)`."""
         cfg = self.config
         shape = (batch_size, cfg.flow_temporal_downsample, *cfg.train_size, cfg.flow_frame_channels)
-        return (jnp.zeros(shape, jnp.float32),)
+        return {"inputs": jnp.zeros(shape, jnp.float32)}
 
-    def __call__(self, inputs: jax.Array, deterministic: bool = True) -> jax.Array:
-        """Patches `(B, 2, H, W, 27)` -> flow `(B, H, W, 2)` (float32)."""
+    def __call__(
+        self,
+        inputs: jax.Array,
+        *,
+        attention_mask: jax.Array | None = None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ):
+        """Patches `(B, 2, H, W, 27)` -> flow `(B, H, W, 2)` (float32); `attention_mask` `(B, H * W)`."""
         cfg = self.config
         expected = (cfg.flow_temporal_downsample, *cfg.train_size, cfg.flow_frame_channels)
         if inputs.ndim != 5 or tuple(inputs.shape[1:]) != expected:
@@ -341,8 +473,20 @@ class PerceiverForOpticalFlow(PerceiverHead):
                 f"{inputs.shape}. Build patches of larger or smaller frames with "
                 "perceiver_jax.flow.compute_optical_flow."
             )
-        flow, _ = self.perceiver(inputs, deterministic=deterministic)
-        return flow.astype(jnp.float32)
+        _check_batch(inputs.shape[0], "the optical-flow inputs")
+        output = self.perceiver(
+            inputs,
+            attention_mask=attention_mask,
+            deterministic=deterministic,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        return self._result(
+            output, output.logits.astype(jnp.float32), output_hidden_states, output_attentions
+        )
+
+
+MODALITIES = ("audio", "image", "label")
 
 
 class PerceiverForMultimodalAutoencoding(PerceiverHead):
@@ -368,34 +512,41 @@ class PerceiverForMultimodalAutoencoding(PerceiverHead):
         audio points fit in one.
     """
 
+    _: dataclasses.KW_ONLY
     chunk_size: int | None = 8192
 
     def setup(self):
         cfg = self.config
         num_samples = cfg.num_frames * cfg.audio_samples_per_frame
-        height, width = (cfg.image_size,) * 2 if isinstance(cfg.image_size, int) else cfg.image_size
-        common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        num_audio_tokens = num_samples // cfg.samples_per_patch
+        height, width = cfg.image_hw
+        t, s = cfg.multimodal_temporal_downsample, cfg.multimodal_spatial_downsample
+        video_resolution = (cfg.num_frames, height, width)
 
         def audio_positions():
-            return FourierPositionEncoding(cfg.multimodal_audio_num_bands, (num_samples,), dtype=self.dtype)
+            return self._fourier((num_audio_tokens,), cfg.multimodal_audio_num_bands, (num_samples,))
 
-        def video_positions():
-            resolution = (cfg.num_frames, height, width)
-            return FourierPositionEncoding(cfg.multimodal_image_num_bands, resolution, dtype=self.dtype)
+        def video_positions(index_dims):
+            return self._fourier(index_dims, cfg.multimodal_image_num_bands, video_resolution)
 
+        common = dict(init_std=cfg.initializer_range, settings=self.settings)
         preprocessor = MultimodalPreprocessor(
-            Modalities(
-                {
-                    "audio": AudioPreprocessor(cfg.samples_per_patch, audio_positions(), self.dtype),
+            modalities=Modalities(
+                members={
+                    "audio": AudioPreprocessor(
+                        samples_per_patch=cfg.samples_per_patch,
+                        position_embeddings=audio_positions(),
+                        settings=self.settings,
+                    ),
                     "image": ImagePreprocessor(
-                        video_positions(),
+                        position_embeddings=video_positions((cfg.num_frames // t, height // s, width // s)),
                         prep_type="patches",
-                        spatial_downsample=cfg.multimodal_spatial_downsample,
-                        temporal_downsample=cfg.multimodal_temporal_downsample,
-                        init_std=cfg.initializer_range,
+                        spatial_downsample=s,
+                        temporal_downsample=t,
+                        in_channels=cfg.multimodal_image_channels,
                         **common,
                     ),
-                    "label": OneHotPreprocessor(),
+                    "label": OneHotPreprocessor(channels=cfg.num_labels),
                 }
             ),
             mask_probs={
@@ -404,52 +555,46 @@ class PerceiverForMultimodalAutoencoding(PerceiverHead):
                 "label": cfg.multimodal_label_mask_prob,
             },
             min_padding_size=cfg.multimodal_input_padding,
-            init_std=cfg.initializer_range,
             **common,
         )
 
-        def queries(positions, index_dims, output_num_channels=cfg.output_num_channels):
+        def queries(positions, output_num_channels=cfg.output_num_channels):
             return BasicDecoder(
-                cfg,
+                config=cfg,
                 output_num_channels=output_num_channels,
                 output_position_encodings=positions,
-                output_index_dims=index_dims,
                 position_encoding_only=True,
-                **common,
+                settings=self.settings,
             )
 
         label_positions = TrainablePositionEncoding(
-            1, cfg._label_trainable_num_channels, cfg.initializer_range, **common
+            index_dims=(1,), num_channels=cfg._label_trainable_num_channels, **common
         )
         decoder = MultimodalDecoder(
-            cfg,
-            Modalities(
-                {
-                    "audio": queries(audio_positions(), (num_samples // cfg.samples_per_patch,)),
+            config=cfg,
+            modalities=Modalities(
+                members={
+                    "audio": queries(audio_positions()),
                     "image": BasicVideoAutoencodingDecoder(
-                        queries(video_positions(), tuple(cfg.output_shape[1:])), tuple(cfg.output_shape)
+                        decoder=queries(video_positions(tuple(cfg.output_shape[1:])))
                     ),
-                    "label": ClassificationDecoder(queries(label_positions, (1,), cfg.num_labels)),
+                    "label": ClassificationDecoder(decoder=queries(label_positions, cfg.num_labels)),
                 }
             ),
             output_num_channels=cfg.output_num_channels,
             min_padding_size=cfg.multimodal_query_padding,
-            num_heads=cfg.multimodal_decoder_num_heads,
-            widening_factor=cfg.multimodal_decoder_widening_factor,
-            use_query_residual=cfg.multimodal_decoder_use_query_residual,
             chunk_size=self.chunk_size,
-            attention_implementation=self.attention_implementation,
-            **common,
+            **dataclasses.asdict(cfg.multimodal_decoder),
+            settings=self.settings,
         )
-        init_std = cfg.initializer_range
         postprocessor = MultimodalPostprocessor(
-            Modalities(
-                {
-                    "audio": AudioPostprocessor(cfg.samples_per_patch, init_std, **common),
+            modalities=Modalities(
+                members={
+                    "audio": AudioPostprocessor(samples_per_patch=cfg.samples_per_patch, **common),
                     "image": ProjectionPostprocessor(
-                        cfg.multimodal_image_output_channels, init_std, **common
+                        out_channels=cfg.multimodal_image_output_channels, **common
                     ),
-                    "label": ClassificationPostprocessor(cfg.num_labels, init_std, **common),
+                    "label": ClassificationPostprocessor(num_labels=cfg.num_labels, **common),
                 }
             )
         )
@@ -457,7 +602,7 @@ class PerceiverForMultimodalAutoencoding(PerceiverHead):
             input_preprocessor=preprocessor, decoder=decoder, output_postprocessor=postprocessor
         )
 
-    def example_inputs(self, batch_size: int = 1) -> tuple[Any, ...]:
+    def example_inputs(self, batch_size: int = 1) -> dict[str, Any]:
         """The smallest valid inputs (a video of 2 x 1 patches, one audio token, the label) and one
         subsampled output point per modality, so that `init` decodes little."""
         cfg = self.config
@@ -468,17 +613,19 @@ class PerceiverForMultimodalAutoencoding(PerceiverHead):
             "label": jnp.zeros((batch_size, cfg.num_labels), jnp.float32),
         }
         points = {"audio": jnp.zeros((1,), jnp.int32), "image": jnp.zeros((1,), jnp.int32)}
-        return inputs, None, points
+        return {"inputs": inputs, "subsampled_output_points": points}
 
     def _check_inputs(self, inputs: Any) -> None:
         """Raises ValueError/TypeError naming the modality whose input cannot be autoencoded."""
         cfg = self.config
-        names = ("audio", "image", "label")
         if not isinstance(inputs, Mapping):
-            raise TypeError(f"inputs must be a dict with keys {names}; got {type(inputs).__name__}.")
-        for name in names:
-            if name not in inputs:
-                raise ValueError(f"inputs lack modality {name!r}; expected keys {names}.")
+            raise TypeError(f"inputs must be a dict with keys {MODALITIES}; got {type(inputs).__name__}.")
+        missing = [name for name in MODALITIES if name not in inputs]
+        unknown = sorted(set(inputs) - set(MODALITIES))
+        if missing or unknown:
+            raise ValueError(
+                f"inputs must have exactly the modalities {MODALITIES}; missing {missing}, unknown {unknown}."
+            )
         t, s = cfg.multimodal_temporal_downsample, cfg.multimodal_spatial_downsample
         video, audio, label = inputs["image"], inputs["audio"], inputs["label"]
         video_ok = (
@@ -502,35 +649,48 @@ class PerceiverForMultimodalAutoencoding(PerceiverHead):
             )
         if label.ndim != 2 or label.shape[1] != cfg.num_labels:
             raise ValueError(f"label must be (batch, num_labels={cfg.num_labels}); got shape {label.shape}.")
-        batch_sizes = {name: inputs[name].shape[0] for name in names}
+        batch_sizes = {name: inputs[name].shape[0] for name in MODALITIES}
         if len(set(batch_sizes.values())) != 1:
             raise ValueError(f"the modalities have different batch sizes: {batch_sizes}.")
+        _check_batch(video.shape[0], "the multimodal inputs")
 
     def __call__(
         self,
         inputs: Mapping[str, jax.Array],
+        *,
         attention_mask: jax.Array | None = None,
-        subsampled_output_points: Mapping[str, jax.Array | None] | None = None,
         deterministic: bool = True,
-    ) -> dict[str, jax.Array]:
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        subsampled_output_points: Mapping[str, jax.Array | None] | None = None,
+    ):
         """Autoencodes `inputs` (see the class docstring).
 
         Args:
           inputs: {'image': (B, T, H, W, C), 'audio': (B, N, 1), 'label': (B, num_labels)}.
           attention_mask: `(B, M)` over the M concatenated input tokens (audio, image, label), 1 = keep.
+          deterministic: no dropout when True.
+          output_hidden_states, output_attentions: return a `PerceiverOutput` with HF's extras.
           subsampled_output_points: {'image': (O_image,), 'audio': (O_audio,)} flat indices into the
             output video grid and the audio token grid; a missing or None entry decodes every point.
-          deterministic: no dropout when True.
 
         Returns:
           {'audio': (B, O_audio * S), 'image': (B, O_image, C_out), 'label': (B, num_labels)}, float32.
         """
         self._check_inputs(inputs)
-        outputs, _ = self.perceiver(inputs, attention_mask, subsampled_output_points, deterministic)
-        return {name: value.astype(jnp.float32) for name, value in outputs.items()}
+        output = self.perceiver(
+            inputs,
+            attention_mask=attention_mask,
+            subsampled_output_points=subsampled_output_points,
+            deterministic=deterministic,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        logits = {name: value.astype(jnp.float32) for name, value in output.logits.items()}
+        return self._result(output, logits, output_hidden_states, output_attentions)
 
 
-# HF architecture name -> head class; the vision, flow and multimodal heads register here too.
+# HF architecture name -> head class.
 HEADS: dict[str, type[PerceiverHead]] = {
     "PerceiverForMaskedLM": PerceiverForMaskedLM,
     "PerceiverForSequenceClassification": PerceiverForSequenceClassification,

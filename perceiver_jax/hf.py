@@ -19,6 +19,7 @@ from flax import traverse_util
 
 from perceiver_jax.config import PerceiverConfig
 from perceiver_jax.heads import HEADS, PerceiverHead
+from perceiver_jax.settings import Settings
 
 # Flax module names -> HF module names (anything absent keeps its name).
 _MODULE_RENAMES = {
@@ -38,6 +39,7 @@ _LEAF_RENAMES = {
     "batch_stats": {"mean": "running_mean", "var": "running_var"},
 }
 _STACKED = "self_attends"  # the scanned layer stack: leading axis = HF's layer index
+_PROJECTION = "positions_projection"
 _SPECIAL_KEYS = {("perceiver", "encoder", "latents"): "perceiver.embeddings.latents"}
 
 
@@ -47,6 +49,10 @@ def hf_key(collection: str, path: tuple[str, ...], layer: int | None = None) -> 
         return _SPECIAL_KEYS[path]
     parts = []
     for i, name in enumerate(path[:-1]):
+        if (
+            path[i + 1] == _PROJECTION
+        ):  # a `PositionEncodingProjector`: HF's projection is the encoding's sibling
+            continue
         if name == "attention" and path[i + 1] in _ATTENTION_RENAMES:
             parts.append("attention")
         elif i > 0 and path[i - 1] == "attention" and name in _ATTENTION_RENAMES:
@@ -85,11 +91,8 @@ def _flax_entries(variables: Mapping[str, Any]):
 
 
 def to_hf_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Flax variables -> HF state dict of float32 numpy arrays in torch layout.
-
-    Each BatchNorm also gets torch's int64 `num_batches_tracked` buffer (0: it is not tracked here and only
-    matters to torch with `momentum=None`), without which HF reports the key missing.
-    """
+    """Flax variables -> HF state dict of numpy arrays in torch layout (float32; BatchNorm's
+    `num_batches_tracked` int64, as torch keeps it)."""
     flat = {
         c: traverse_util.flatten_dict(nn.unbox(dict(variables[c])))
         for c in ("params", "batch_stats")
@@ -97,12 +100,11 @@ def to_hf_state_dict(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
     }
     state = {}
     for collection, path, layer, key in _flax_entries(variables):
-        value = np.asarray(jax.device_get(flat[collection][path]), dtype=np.float32)
+        value = np.asarray(jax.device_get(flat[collection][path]))
+        value = value.astype(np.int64 if np.issubdtype(value.dtype, np.integer) else np.float32)
         if layer is not None:
             value = value[layer]
-        state[key] = np.ascontiguousarray(_to_hf(path[-1], value))
-        if collection == "batch_stats" and path[-1] == "mean":
-            state[key.rsplit(".", 1)[0] + ".num_batches_tracked"] = np.zeros((), np.int64)
+        state[key] = np.require(_to_hf(path[-1], value), requirements="C")  # keeps 0-d arrays 0-d
     return state
 
 
@@ -151,7 +153,7 @@ def head_from_config(config: PerceiverConfig, head: str | None = None) -> type[P
 
 def abstract_variables(model: PerceiverHead) -> dict[str, Any]:
     """Shapes and dtypes of `model`'s variables (`jax.ShapeDtypeStruct` leaves, unboxed), nothing computed."""
-    shapes = jax.eval_shape(lambda rng: model.init(rng, *model.example_inputs()), jax.random.key(0))
+    shapes = jax.eval_shape(lambda rng: model.init(rng, **model.example_inputs()), jax.random.key(0))
     return nn.unbox(shapes)
 
 
@@ -184,7 +186,7 @@ def convert_state_dict(model: PerceiverHead, state: Mapping[str, np.ndarray]) ->
     for (collection, path), values in stacked.items():
         if len(values) == flat_target[collection][path].shape[0]:
             flat_out[collection][path] = np.stack(values)
-    unexpected = sorted(set(state) - used - {k for k in state if k.endswith("num_batches_tracked")})
+    unexpected = sorted(set(state) - used)
     if missing or unexpected or misshaped:
 
         def show(keys):
@@ -206,17 +208,26 @@ def convert_state_dict(model: PerceiverHead, state: Mapping[str, np.ndarray]) ->
 
 
 def from_pretrained(
-    path: str, dtype: Any = jnp.float32, head: str | None = None, **head_kwargs
+    path: str,
+    *,
+    dtype: Any = None,
+    settings: Settings | None = None,
+    head: str | None = None,
+    **head_kwargs,
 ) -> tuple[PerceiverHead, dict[str, Any]]:
     """Loads a HF Perceiver folder (`config.json` + weights) as `(model, variables)`.
 
-    The head class comes from `architectures` in config.json unless `head` names one. `dtype` is the
-    computation dtype (parameters stay float32); `head_kwargs` go to the head (e.g. `remat`).
+    The head class comes from `architectures` in config.json unless `head` names one. `settings` (default
+    `Settings()`) say how it computes; `dtype` is a shortcut for `settings.dtype` (parameters stay
+    float32). `head_kwargs` go to the head (e.g. `chunk_size`).
     """
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path!r} is not a folder; expected a HF model folder with config.json.")
+    settings = settings or Settings()
+    if dtype is not None:
+        settings = settings.replace(dtype=dtype)
     config = PerceiverConfig.from_hf(path)
-    model = head_from_config(config, head)(config, dtype=dtype, **head_kwargs)
+    model = head_from_config(config, head)(config, settings=settings, **head_kwargs)
     return model, convert_state_dict(model, load_hf_state_dict(path))
 
 

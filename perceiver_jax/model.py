@@ -6,59 +6,64 @@ from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from perceiver_jax.config import PerceiverConfig
+from perceiver_jax.decoders import Decoder
 from perceiver_jax.encoder import PerceiverEncoder
+from perceiver_jax.outputs import PerceiverOutput
+from perceiver_jax.postprocessors import Postprocessor
+from perceiver_jax.preprocessors import Preprocessor
+from perceiver_jax.settings import Settings
+from perceiver_jax.sharding import ACT_EMBED, BATCH, LENGTH, constrain
 
-Dtype = Any
 
-
-class PerceiverModel(nn.Module):
+class PerceiverModel(nn.Module, kw_only=True):
     """Perceiver IO: inputs are cross-attended into latents, processed, and decoded by output queries.
+
+    Every part is called through its role's interface (`Preprocessor`, `Decoder`, `Postprocessor`), so any
+    subclass of those plugs in.
 
     Attributes:
       config: model hyper-parameters.
       input_preprocessor: raw inputs -> `(B, M, C)` (None: inputs are already `(B, M, d_model)`).
       decoder: latents -> outputs (None: return the latents).
       output_postprocessor: decoder outputs -> task outputs (optional).
-      remat: rematerialisation policy of the encoder's self-attention layers (see `REMAT_POLICIES`).
-      attention_implementation: 'xla' or 'cudnn' (see `perceiver_jax.attention`).
     """
 
     config: PerceiverConfig
-    input_preprocessor: nn.Module | None = None
-    decoder: nn.Module | None = None
-    output_postprocessor: nn.Module | None = None
-    remat: str = "none"
-    attention_implementation: str = "xla"
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+    input_preprocessor: Preprocessor | None = None
+    decoder: Decoder | None = None
+    output_postprocessor: Postprocessor | None = None
+    settings: Settings = Settings()
 
     @nn.compact
     def __call__(
         self,
         inputs: Any,
+        *,
         attention_mask: jax.Array | None = None,
-        subsampled_output_points: Mapping[str, jax.Array] | None = None,
+        subsampled_output_points: Mapping[str, Any] | Any | None = None,
         deterministic: bool = True,
         interpolate_pos_encoding: bool = False,
-    ) -> tuple[Any, jax.Array]:
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> PerceiverOutput:
         """Runs the model.
 
         Args:
           inputs: what the preprocessor takes (token ids `(B, T)`, images `(B, H, W, C)`, ...), or
             `(B, M, d_model)` features without a preprocessor.
           attention_mask: `(B, M)`, 1 for real tokens and 0 for padding (encoder cross-attention only).
-          subsampled_output_points: decode only these output points (multimodal decoding).
-          deterministic: no dropout when True; else a 'dropout' RNG is needed.
-          interpolate_pos_encoding: resize learned image position tables to the input size.
+          subsampled_output_points: decode only these output points (see the decoder).
+          deterministic: no dropout (and running batch statistics) when True; else a 'dropout' RNG is needed.
+          interpolate_pos_encoding: resize learned position tables to the input size.
+          output_hidden_states, output_attentions: also return HF's per-layer latents / attention maps.
 
         Returns:
-          `(outputs, latents)`: the decoder (and postprocessor) outputs, None without a decoder, and the
-          final latents `(B, N, D)`.
+          A `PerceiverOutput`: `logits` the decoder (and postprocessor) outputs (None without a decoder),
+          `last_hidden_state` the final latents `(B, N, D)`, and what was asked for.
         """
-        modality_sizes, inputs_without_pos = None, None
+        modality_sizes = inputs_without_pos = None
         if self.input_preprocessor is not None:
             inputs, modality_sizes, inputs_without_pos = self.input_preprocessor(
                 inputs, interpolate_pos_encoding=interpolate_pos_encoding, deterministic=deterministic
@@ -68,31 +73,32 @@ class PerceiverModel(nn.Module):
                 f"without a preprocessor, inputs must be (batch, length, d_model={self.config.d_model}); "
                 f"got {inputs.shape}."
             )
+        inputs = constrain(inputs, BATCH, LENGTH, ACT_EMBED)
         batch_size, length = inputs.shape[0], inputs.shape[1]
         if attention_mask is not None and attention_mask.shape != (batch_size, length):
             raise ValueError(
                 f"attention_mask has shape {attention_mask.shape}; expected (batch, length) = "
                 f"{(batch_size, length)} to match the preprocessed inputs."
             )
-        latents = PerceiverEncoder(
-            self.config,
-            self.remat,
-            self.attention_implementation,
-            self.dtype,
-            self.param_dtype,
-            name="encoder",
-        )(inputs, attention_mask, deterministic)
+        encoded = PerceiverEncoder(config=self.config, settings=self.settings, name="encoder")(
+            inputs,
+            inputs_mask=attention_mask,
+            deterministic=deterministic,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
         if self.decoder is None:
-            return None, latents
+            return encoded
+        _, output_sizes = self.decoder.output_shape(inputs, subsampled_output_points)
         query = self.decoder.decoder_query(
             inputs, modality_sizes, inputs_without_pos, subsampled_points=subsampled_output_points
         )
-        outputs = self.decoder(query, latents, deterministic)
+        outputs, probs = self.decoder(
+            query, encoded.last_hidden_state, deterministic=deterministic, output_attentions=output_attentions
+        )
         if self.output_postprocessor is not None:
-            # A multimodal decoder counts its output points per modality (HF: the subsampled counts and
-            # label 1); other postprocessors take the preprocessor's modality sizes.
-            output_sizes = getattr(self.decoder, "output_modality_sizes", None)
-            if output_sizes is not None:
-                modality_sizes = output_sizes(subsampled_output_points)
-            outputs = self.output_postprocessor(outputs, modality_sizes=modality_sizes)
-        return outputs, latents
+            outputs = self.output_postprocessor(outputs, modality_sizes=output_sizes or modality_sizes)
+        cross_attentions = encoded.cross_attentions
+        if output_attentions and probs is not None:
+            cross_attentions = cross_attentions + (probs,)
+        return encoded.replace(logits=outputs, cross_attentions=cross_attentions)

@@ -18,8 +18,8 @@ import numpy as np
 from perceiver_jax.config import PerceiverConfig
 from perceiver_jax.hf import from_pretrained
 
-# A head's inputs: (config, rng, batch size) -> (flax positional args, flax keyword args, torch kwargs).
-InputFn = Callable[[PerceiverConfig, np.random.Generator, int], tuple[tuple, dict, dict]]
+# A head's inputs: (config, rng, batch size) -> (perceiver-jax keyword arguments, torch keyword arguments).
+InputFn = Callable[[PerceiverConfig, np.random.Generator, int], tuple[dict, dict]]
 
 
 def text_inputs(config: PerceiverConfig, rng: np.random.Generator, batch_size: int):
@@ -33,8 +33,7 @@ def text_inputs(config: PerceiverConfig, rng: np.random.Generator, batch_size: i
     import torch
 
     return (
-        (jnp.asarray(ids, jnp.int32), jnp.asarray(mask)),
-        {},
+        {"inputs": jnp.asarray(ids, jnp.int32), "attention_mask": jnp.asarray(mask)},
         {"inputs": torch.tensor(ids), "attention_mask": torch.tensor(mask)},
     )
 
@@ -47,8 +46,7 @@ def image_inputs(config: PerceiverConfig, rng: np.random.Generator, batch_size: 
     import torch
 
     return (
-        (jnp.asarray(images),),
-        {},
+        {"inputs": jnp.asarray(images)},
         {"inputs": torch.tensor(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))},
     )
 
@@ -61,8 +59,7 @@ def flow_inputs(config: PerceiverConfig, rng: np.random.Generator, batch_size: i
     import torch
 
     return (
-        (jnp.asarray(patches),),
-        {},
+        {"inputs": jnp.asarray(patches)},
         {"inputs": torch.tensor(np.ascontiguousarray(np.moveaxis(patches, -1, 2)))},
     )
 
@@ -99,11 +96,11 @@ def multimodal_inputs(config: PerceiverConfig, rng: np.random.Generator, batch_s
         "label": torch.tensor(label),
     }
     return (
-        (
-            {"image": jnp.asarray(video), "audio": jnp.asarray(audio), "label": jnp.asarray(label)},
-            jnp.asarray(mask),
-        ),
-        {"subsampled_output_points": {k: jnp.asarray(v, jnp.int32) for k, v in points.items()}},
+        {
+            "inputs": {"image": jnp.asarray(video), "audio": jnp.asarray(audio), "label": jnp.asarray(label)},
+            "attention_mask": jnp.asarray(mask),
+            "subsampled_output_points": {k: jnp.asarray(v, jnp.int32) for k, v in points.items()},
+        },
         {
             "inputs": torch_inputs,
             "attention_mask": torch.tensor(mask),
@@ -141,7 +138,7 @@ def compare(path: str, batch_size: int = 2, seed: int = 0) -> dict[str, tuple[fl
     name = type(model).__name__
     if name not in PARITY_INPUTS:
         raise ValueError(f"no parity inputs defined for {name}.")
-    args, kwargs, torch_kwargs = PARITY_INPUTS[name](model.config, np.random.default_rng(seed), batch_size)
+    kwargs, torch_kwargs = PARITY_INPUTS[name](model.config, np.random.default_rng(seed), batch_size)
     torch_model = getattr(transformers, name).from_pretrained(path).eval()
     with torch.no_grad():
         reference = torch_model(**torch_kwargs).logits
@@ -149,7 +146,7 @@ def compare(path: str, batch_size: int = 2, seed: int = 0) -> dict[str, tuple[fl
         reference = {k: v.numpy() for k, v in reference.items()}
     else:
         reference = reference.numpy()
-    ours = jax.jit(lambda v, *a: model.apply(v, *a, **kwargs))(variables, *args)
+    ours = jax.jit(lambda v, kw: model.apply(v, **kw))(variables, kwargs)
     ours, reference = _as_dict(ours), _as_dict(reference)
     errors = {}
     for key, ref in reference.items():

@@ -8,7 +8,6 @@ of a space-to-depth block ordered as HF's), so HF weights convert without permut
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -16,14 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from perceiver_jax.attention import dense
-from perceiver_jax.position_encoding import (
-    FourierPositionEncoding,
-    PositionEncoding,
-    TrainablePositionEncoding,
-)
-from perceiver_jax.sharding import CONV_SPATIAL, EMBED, partitioned
-
-Dtype = Any
+from perceiver_jax.image_processing import interpolate_position_table
+from perceiver_jax.position_encoding import PositionEncoding, linear_positions
+from perceiver_jax.preprocessors import Preprocessor
+from perceiver_jax.settings import Settings
+from perceiver_jax.sharding import ACT_EMBED, BATCH, CONV_SPATIAL, EMBED, LENGTH, constrain, partitioned
 
 PREP_TYPES = ("conv", "conv1x1", "patches", "pixels")
 
@@ -57,13 +53,15 @@ def space_to_depth(frames: jax.Array, temporal_block_size: int = 1, spatial_bloc
     return blocks.reshape(batch, time // t, height // s, width // s, t * s * s * channels)
 
 
-class BatchNorm(nn.Module):
-    """torch's `BatchNorm2d` on the last axis: parameters `scale`, `bias`; `batch_stats` `mean`, `var`.
+class BatchNorm(nn.Module, kw_only=True):
+    """torch's `BatchNorm2d` on the last axis: parameters `scale`, `bias`; `batch_stats` `mean`, `var`
+    and `num_batches_tracked` (int32, the training steps seen, as torch counts them).
 
     Inference normalises with the running statistics. Training normalises with the batch's (biased)
     statistics and updates the running ones as torch does, including the unbiased variance
     `var * n / (n - 1)` (which `flax.linen.BatchNorm` does not use): `new = momentum * old +
-    (1 - momentum) * batch` (flax momentum 0.9 = torch momentum 0.1).
+    (1 - momentum) * batch` (flax momentum 0.9 = torch momentum 0.1). Under a mesh the statistics are
+    those of the global batch (the mean over a batch-sharded array is a cross-device mean).
 
     Attributes:
       momentum: weight of the old running statistics.
@@ -72,23 +70,20 @@ class BatchNorm(nn.Module):
 
     momentum: float = 0.9
     epsilon: float = 1e-5
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+    settings: Settings = Settings()
 
     @nn.compact
-    def __call__(self, x: jax.Array, use_running_average: bool = True) -> jax.Array:
+    def __call__(self, x: jax.Array, *, use_running_average: bool = True) -> jax.Array:
         """`x` `(..., C)` -> `(..., C)`; statistics over every axis but the last."""
         features = x.shape[-1]
-        scale = self.param(
-            "scale", partitioned(jax.nn.initializers.ones, EMBED), (features,), self.param_dtype
-        )
-        bias = self.param(
-            "bias", partitioned(jax.nn.initializers.zeros, EMBED), (features,), self.param_dtype
-        )
+        param_dtype = self.settings.param_dtype
+        scale = self.param("scale", partitioned(jax.nn.initializers.ones, EMBED), (features,), param_dtype)
+        bias = self.param("bias", partitioned(jax.nn.initializers.zeros, EMBED), (features,), param_dtype)
         zeros = partitioned(lambda shape: jnp.zeros(shape, jnp.float32), EMBED)
         ones = partitioned(lambda shape: jnp.ones(shape, jnp.float32), EMBED)
         running_mean = self.variable("batch_stats", "mean", zeros, (features,))
         running_var = self.variable("batch_stats", "var", ones, (features,))
+        count = self.variable("batch_stats", "num_batches_tracked", lambda: jnp.zeros((), jnp.int32))
         x32 = x.astype(jnp.float32)
         if use_running_average:
             mean, var = running_mean.value, running_var.value
@@ -101,83 +96,116 @@ class BatchNorm(nn.Module):
                 unbiased = var * (n / max(n - 1, 1))
                 running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
                 running_var.value = self.momentum * running_var.value + (1 - self.momentum) * unbiased
+                count.value = count.value + 1
         y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)
-        return (y + bias.astype(jnp.float32)).astype(self.dtype)
+        return (y + bias.astype(jnp.float32)).astype(self.settings.dtype)
 
 
-class Conv2DDownsample(nn.Module):
-    """HF's conv stem, 4x downsampling: `(B, H, W, C)` -> `(B, H', W', out_channels)`.
+class Conv2DDownsample(nn.Module, kw_only=True):
+    """HF's conv stem: `(B, H, W, C)` -> `(B, H', W', out_channels)` (4x downsampling with HF's values).
 
-    A 7x7 stride-2 convolution `conv` padded by 3 on every side, without bias; `batchnorm` (see
-    `BatchNorm`); ReLU; a 3x3 stride-2 max-pool without padding (224 px -> 112 -> 55). HF's `num_layers`
-    argument is ignored by HF (always one conv and one pool), so there is none here.
+    A `kernel_size` convolution `conv` of `stride`, zero-padded by `padding` on every side, without bias;
+    `batchnorm` (see `BatchNorm`); ReLU; a `pool_size` max-pool of `pool_stride` without padding. HF's
+    values: 7x7 stride 2 padding 3, 3x3 stride-2 pool (224 px -> 112 -> 55). HF's `num_layers` argument
+    is ignored by HF (always one conv and one pool), so there is none here.
 
     Attributes:
       out_channels: channels of the convolution.
+      kernel_size, stride, padding: the convolution.
+      pool_size, pool_stride: the max-pool.
       use_batchnorm: apply `batchnorm` after the convolution.
+      batchnorm_momentum, batchnorm_eps: the `BatchNorm`.
       init_std: std of the convolution kernel's normal initialiser.
     """
 
     out_channels: int = 64
+    kernel_size: int = 7
+    stride: int = 2
+    padding: int = 3
+    pool_size: int = 3
+    pool_stride: int = 2
     use_batchnorm: bool = True
+    batchnorm_momentum: float = 0.9
+    batchnorm_eps: float = 1e-5
     init_std: float = 0.02
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+    settings: Settings = Settings()
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H', W') of the features of a `height` x `width` image (at least `min_input_size()` a side)."""
+
+        def side(n):
+            conv = (n + 2 * self.padding - self.kernel_size) // self.stride + 1
+            return (conv - self.pool_size) // self.pool_stride + 1
+
+        return side(height), side(width)
+
+    def min_input_size(self) -> int:
+        """The smallest image side that leaves a pixel after the convolution and the pool."""
+        return max((self.pool_size - 1) * self.stride + self.kernel_size - 2 * self.padding, 1)
 
     @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
         """`x` `(B, H, W, C)` -> `(B, H', W', out_channels)`.
 
         With `deterministic=False` the batch norm uses batch statistics and updates `batch_stats`
         (apply with `mutable=['batch_stats']`).
         """
+        k, p = self.kernel_size, self.padding
         x = nn.Conv(
             self.out_channels,
-            (7, 7),
-            strides=(2, 2),
-            padding=((3, 3), (3, 3)),
+            (k, k),
+            strides=(self.stride, self.stride),
+            padding=((p, p), (p, p)),
             use_bias=False,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
+            dtype=self.settings.dtype,
+            param_dtype=self.settings.param_dtype,
             kernel_init=partitioned(
                 jax.nn.initializers.normal(self.init_std), CONV_SPATIAL, CONV_SPATIAL, None, EMBED
             ),
             name="conv",
         )(x)
+        x = constrain(x, BATCH, None, None, ACT_EMBED)
         if self.use_batchnorm:
-            x = BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="batchnorm")(
-                x, use_running_average=deterministic
+            norm = BatchNorm(
+                momentum=self.batchnorm_momentum,
+                epsilon=self.batchnorm_eps,
+                settings=self.settings,
+                name="batchnorm",
             )
+            x = norm(x, use_running_average=deterministic)
         x = nn.relu(x)
-        return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        window, stride = (self.pool_size,) * 2, (self.pool_stride,) * 2
+        return nn.max_pool(x, window, strides=stride, padding="VALID")
 
 
-class ImagePreprocessor(nn.Module):
+class ImagePreprocessor(Preprocessor, kw_only=True):
     """HF's `PerceiverImagePreprocessor`: images or videos -> tokens with position encodings.
 
     Featurisation (`prep_type`):
-      'conv': the `Conv2DDownsample` stem `convnet` (4x downsampling whatever `spatial_downsample`, which
-        must be a power of 4, as HF checks); images only.
+      'conv': the `Conv2DDownsample` stem `convnet` (`spatial_downsample` must be a power of 4, as HF
+        checks, and is otherwise unused, as in HF); images only.
       'conv1x1': a 1x1 convolution `convnet_1x1` (with bias) of stride `spatial_downsample`; images only.
       'pixels': the raw values, subsampled every `spatial_downsample` pixels (and `temporal_downsample`
         frames). HF slices the batch and channel axes of 4-D inputs instead (a bug, harmless at 1, the
         only value its heads use); here the spatial axes are subsampled.
       'patches': `space_to_depth` by `temporal_downsample` x `spatial_downsample`^2 (a single remaining
         frame is squeezed, as for optical flow), then optionally the Dense `conv_after_patches`.
-    The features are flattened to `(B, M, C)` (row-major over the index dims) and the position encoding
-    (`position_embeddings`, optionally projected by the Dense `positions_projection`) is concatenated to
-    or added to them.
+    The features are flattened to `(B, M, C)` (row-major over the featurised grid) and the position
+    encoding `position_embeddings` is concatenated to or added to them. A grid other than the encoding's
+    `index_dims` is encoded at its own positions (`linspace(-1, 1)` per dimension: any size works with
+    Fourier features); a learned table must match it, or be resized with `interpolate_pos_encoding`
+    (torch bicubic, HF's behaviour).
 
     Attributes:
-      position_embeddings: a `TrainablePositionEncoding` (a table of M positions, resized with torch's
-        bicubic when `interpolate_pos_encoding`) or a `FourierPositionEncoding` of the index dims.
+      position_embeddings: the position encoding (e.g. Fourier, or a learned table, possibly wrapped in a
+        `PositionEncodingProjector`, HF's `project_pos_dim`).
       prep_type: one of `PREP_TYPES`.
       spatial_downsample, temporal_downsample: see above.
       out_channels: channels of the convolutions and of `conv_after_patches`.
       conv_after_patching: apply `conv_after_patches` after space-to-depth.
-      conv2d_use_batchnorm: batch norm in the 'conv' stem.
+      convnet: the stem for 'conv' (default: HF's `Conv2DDownsample` of `out_channels`).
+      in_channels: channels of the raw inputs (3 for RGB; 27 for the flow head's patches).
       concat_or_add_pos: 'concat' or 'add' the position encoding.
-      project_pos_dim: if > 0, `positions_projection` maps the position encoding to this width.
       init_std: std of the normal initialiser of kernels.
     """
 
@@ -187,14 +215,13 @@ class ImagePreprocessor(nn.Module):
     temporal_downsample: int = 1
     out_channels: int = 64
     conv_after_patching: bool = False
-    conv2d_use_batchnorm: bool = True
+    convnet: Conv2DDownsample | None = None
+    in_channels: int = 3
     concat_or_add_pos: str = "concat"
-    project_pos_dim: int = -1
     init_std: float = 0.02
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+    settings: Settings = Settings()
 
-    def _check_settings(self, inputs: jax.Array) -> None:
+    def __post_init__(self):
         if self.prep_type not in PREP_TYPES:
             raise ValueError(f"prep_type {self.prep_type!r} is not one of {PREP_TYPES}.")
         if self.concat_or_add_pos not in ("concat", "add"):
@@ -208,38 +235,37 @@ class ImagePreprocessor(nn.Module):
                 )
         if self.prep_type == "conv1x1" and self.temporal_downsample != 1:
             raise ValueError("prep_type='conv1x1' does not downsample in time; set temporal_downsample=1.")
-        if self.prep_type in ("conv", "conv1x1") and inputs.ndim != 4:
-            raise ValueError(
-                f"prep_type={self.prep_type!r} takes images (batch, height, width, channels); got shape "
-                f"{inputs.shape}."
-            )
-        if inputs.ndim not in (4, 5):
-            raise ValueError(
-                "image inputs must be (batch, height, width, channels) or (batch, time, height, width, "
-                f"channels); got shape {inputs.shape}."
-            )
+        super().__post_init__()
+
+    def num_channels(self) -> int:
+        """C: the feature channels plus the position channels (concat), or the position channels (add)."""
+        pos = self.position_embeddings.output_size()
+        if self.concat_or_add_pos == "add":
+            return pos
+        s, t = self.spatial_downsample, self.temporal_downsample
+        features = {
+            "conv": self.out_channels,
+            "conv1x1": self.out_channels,
+            "pixels": self.in_channels,
+            "patches": self.out_channels if self.conv_after_patching else t * s * s * self.in_channels,
+        }[self.prep_type]
+        return features + pos
 
     def _featurize(self, inputs: jax.Array, deterministic: bool) -> jax.Array:
-        """Applies `prep_type`: `(B, [T,] H, W, C)` -> `(B, *index_dims, C')`."""
+        """Applies `prep_type`: `(B, [T,] H, W, C)` -> `(B, *grid, C')`."""
         s, t = self.spatial_downsample, self.temporal_downsample
+        common = dict(init_std=self.init_std, settings=self.settings)
         if self.prep_type == "conv":
-            stem = Conv2DDownsample(
-                self.out_channels,
-                self.conv2d_use_batchnorm,
-                self.init_std,
-                self.dtype,
-                self.param_dtype,
-                name="convnet",
-            )
-            return stem(inputs, deterministic)
+            stem = self.convnet or Conv2DDownsample(out_channels=self.out_channels, name="convnet", **common)
+            return stem(inputs, deterministic=deterministic)
         if self.prep_type == "conv1x1":
             conv = nn.Conv(
                 self.out_channels,
                 (1, 1),
                 strides=(s, s),
                 padding="VALID",
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
+                dtype=self.settings.dtype,
+                param_dtype=self.settings.param_dtype,
                 kernel_init=partitioned(
                     jax.nn.initializers.normal(self.init_std), CONV_SPATIAL, CONV_SPATIAL, None, EMBED
                 ),
@@ -253,59 +279,54 @@ class ImagePreprocessor(nn.Module):
         if patches.ndim == 5 and patches.shape[1] == 1:
             patches = patches[:, 0]
         if self.conv_after_patching:
-            args = (self.init_std, self.dtype, self.param_dtype, "conv_after_patches")
-            patches = dense(self.out_channels, None, EMBED, *args)(patches)
+            patches = dense(
+                self.out_channels, in_axis=None, out_axis=EMBED, name="conv_after_patches", **common
+            )(patches)
         return patches
-
-    def _position_encoding(
-        self, index_dims: tuple[int, ...], batch_size: int, interpolate_pos_encoding: bool
-    ) -> jax.Array:
-        """`(B, prod(index_dims), C_pos)` position encodings of the featurised grid."""
-        encoding = self.position_embeddings
-        if isinstance(encoding, FourierPositionEncoding):
-            return encoding(index_dims, batch_size)
-        if not isinstance(encoding, TrainablePositionEncoding):
-            raise TypeError(f"unsupported position encoding {type(encoding).__name__}.")
-        table_size = int(np.prod(encoding.index_dims))
-        if interpolate_pos_encoding:
-            if len(index_dims) != 2:
-                raise ValueError(
-                    f"interpolate_pos_encoding resizes a 2-D table; the inputs have index dims {index_dims}."
-                )
-            return encoding(batch_size, interpolate_to=index_dims)
-        if table_size != math.prod(index_dims):
-            side = math.isqrt(table_size)
-            grid = f" (a {side}x{side} grid)" if side * side == table_size else ""
-            raise ValueError(
-                f"the images give {'x'.join(map(str, index_dims))} = {math.prod(index_dims)} positions but the "
-                f"learned position table has {table_size}{grid}: pass interpolate_pos_encoding=True to resize "
-                "the table (torch bicubic, as HF), or resize the images to the size the table was trained for."
-            )
-        return encoding(batch_size)
 
     @nn.compact
     def __call__(
-        self, inputs: jax.Array, interpolate_pos_encoding: bool = False, deterministic: bool = True
+        self, inputs: jax.Array, *, interpolate_pos_encoding: bool = False, deterministic: bool = True
     ):
-        """Preprocesses images `(B, H, W, C)` or videos `(B, T, H, W, C)`.
+        """Preprocesses images `(B, H, W, C)` or videos `(B, T, H, W, C)`, channels last.
 
         Args:
-          inputs: channels-last images or videos.
+          inputs: the images or videos ('conv' and 'conv1x1' take images only).
           interpolate_pos_encoding: resize a learned square position table to the featurised grid.
-          deterministic: False: the 'conv' stem's batch norm uses and updates batch statistics (apply with `mutable=['batch_stats']`).
+          deterministic: False: the 'conv' stem's batch norm uses and updates batch statistics (apply with
+            `mutable=['batch_stats']`).
 
         Returns:
           `(tokens (B, M, C_in + C_pos) or (B, M, C_pos) when added, None, features without positions
           (B, M, C_in))`, M the number of featurised positions.
         """
-        self._check_settings(inputs)
-        features = self._featurize(inputs.astype(self.dtype), deterministic)
-        batch_size, index_dims = features.shape[0], tuple(features.shape[1:-1])
-        features = features.reshape(batch_size, math.prod(index_dims), features.shape[-1])
-        pos = self._position_encoding(index_dims, batch_size, interpolate_pos_encoding)
-        if self.project_pos_dim > 0:
-            args = (self.init_std, self.dtype, self.param_dtype, "positions_projection")
-            pos = dense(self.project_pos_dim, EMBED, EMBED, *args)(pos)
+        features = self._featurize(inputs.astype(self.settings.dtype), deterministic)
+        batch_size, grid = features.shape[0], tuple(features.shape[1:-1])
+        features = constrain(
+            features.reshape(batch_size, math.prod(grid), features.shape[-1]), BATCH, LENGTH, ACT_EMBED
+        )
+        encoding = self.position_embeddings
+        if interpolate_pos_encoding:
+            if len(grid) != 2:
+                raise ValueError(
+                    f"interpolate_pos_encoding resizes a 2-D table; the inputs give a grid {grid}."
+                )
+            table = interpolate_position_table(encoding(1)[0], grid)
+            pos = constrain(
+                jnp.broadcast_to(table[None], (batch_size,) + table.shape), BATCH, LENGTH, ACT_EMBED
+            )
+        elif grid == tuple(encoding.index_dims):
+            pos = encoding(batch_size)
+        else:
+            positions = linear_positions(grid).reshape(1, -1, len(grid))
+            pos = encoding(batch_size, pos=np.broadcast_to(positions, (batch_size,) + positions.shape[1:]))
+        if pos.shape[1] != features.shape[1]:
+            raise ValueError(
+                f"the inputs give a {'x'.join(map(str, grid))} grid of {features.shape[1]} positions but the "
+                f"position encoding has {pos.shape[1]} (grid {tuple(encoding.index_dims)}): pass "
+                "interpolate_pos_encoding=True to resize a learned table (torch bicubic, as HF), or resize the "
+                "images to the size the table was trained for."
+            )
         pos = pos.astype(features.dtype)
         if self.concat_or_add_pos == "concat":
             return jnp.concatenate([features, pos], axis=-1), None, features

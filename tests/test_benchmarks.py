@@ -34,26 +34,6 @@ TEXT = dict(seq_len=20)
 IMAGE = dict(height=6, width=5)
 
 
-def test_cudnn_attention_falls_back_to_xla_where_it_does_not_apply():
-    """On a CPU (and for float32, or unequal head widths) 'cudnn' models compute exactly what 'xla' ones do."""
-    import jax
-    import jax.numpy as jnp
-
-    from perceiver_jax import HEADS
-    from perceiver_jax.attention import cudnn_applies
-
-    config = PerceiverConfig(**workloads.TINY_LANGUAGE)
-    ids = jnp.asarray(workloads.text_batch(config.vocab_size, 2, 16)["ids"], jnp.int32)
-    variables = jax.jit(HEADS["PerceiverForMaskedLM"](config).init)(jax.random.key(0), ids)
-    outputs = {}
-    for implementation in ("xla", "cudnn"):
-        model = HEADS["PerceiverForMaskedLM"](config, attention_implementation=implementation)
-        outputs[implementation] = jax.jit(model.apply)(variables, ids)
-    assert jnp.array_equal(outputs["xla"], outputs["cudnn"])
-    q = jnp.zeros((1, 4, 2, 64), jnp.bfloat16)
-    assert not cudnn_applies(q, q, q)  # no GPU here
-
-
 @pytest.fixture
 def one_torch_thread():
     """Tiny models on one thread: OpenMP threads waiting on each other make them 50x slower on busy cores."""

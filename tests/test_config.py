@@ -4,6 +4,9 @@ import dataclasses
 import inspect
 import json
 
+import flax.linen as nn
+import jax
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -129,8 +132,8 @@ def test_to_hf_dict_is_json_serialisable():
 def test_to_hf_dict_refuses_values_hf_hard_codes():
     with pytest.raises(ValueError, match="norm_eps"):
         PerceiverConfig(norm_eps=1e-6).to_hf_dict()
-    with pytest.raises(ValueError, match="mlm_decoder_num_heads"):
-        PerceiverConfig(mlm_decoder_num_heads=4).to_hf_dict()
+    with pytest.raises(ValueError, match="mlm_decoder"):
+        PerceiverConfig(mlm_decoder=dict(num_heads=4, qk_channels=256)).to_hf_dict()
 
 
 def test_labels():
@@ -235,3 +238,100 @@ def test_frozen_and_replace():
     assert (other.d_model, other.num_blocks) == (64, 2)
     assert (cfg.d_model, cfg.num_blocks) == (768, 1)
     assert other.replace(d_model=768, num_blocks=1) == cfg
+
+
+# --- Fields for values HF hard-codes: each changes the model, and HF cannot express it.
+
+TINY = dict(
+    num_latents=4,
+    d_latents=16,
+    num_self_attends_per_block=1,
+    num_self_attention_heads=2,
+    num_cross_attention_heads=1,
+    num_labels=3,
+    attention_probs_dropout_prob=0.0,
+    image_size=20,
+    train_size=(4, 4),
+)
+# field -> (new value, head it changes).
+NEW_FIELDS = {
+    "self_attention_use_query_residual": (False, "PerceiverForImageClassificationFourier"),
+    "fourier_concat_pos": (False, "PerceiverForImageClassificationFourier"),
+    "fourier_sine_only": (True, "PerceiverForImageClassificationFourier"),
+    "image_conv_kernel_size": (5, "PerceiverForImageClassificationConvProcessing"),
+    "image_conv_stride": (1, "PerceiverForImageClassificationConvProcessing"),
+    "image_conv_padding": (1, "PerceiverForImageClassificationConvProcessing"),
+    "image_conv_pool_size": (2, "PerceiverForImageClassificationConvProcessing"),
+    "image_conv_pool_stride": (1, "PerceiverForImageClassificationConvProcessing"),
+    "image_conv_batchnorm_momentum": (0.5, "PerceiverForImageClassificationConvProcessing"),
+    "image_conv_batchnorm_eps": (1e-1, "PerceiverForImageClassificationConvProcessing"),
+    "classification_decoder": (
+        dict(qk_channels=8, use_query_residual=True),
+        "PerceiverForImageClassificationFourier",
+    ),
+    "flow_decoder": (dict(num_heads=2, widening_factor=2), "PerceiverForOpticalFlow"),
+}
+
+
+def _run(config, name, train):
+    """(outputs, updated batch stats) of head `name` at O(1)-ish random weights on fixed inputs."""
+    from perceiver_jax import HEADS
+
+    model = HEADS[name](config)
+    inputs = model.example_inputs(2)["inputs"]
+    inputs = jax.random.normal(jax.random.key(1), inputs.shape)
+    variables = jax.jit(model.init)(jax.random.key(0), inputs)
+    if train:
+        return model.apply(variables, inputs, deterministic=False, mutable=["batch_stats"])
+    return model.apply(variables, inputs), None
+
+
+@pytest.mark.parametrize("field", sorted(NEW_FIELDS))
+def test_new_fields_change_the_model_and_hf_cannot_express_them(field):
+    value, head = NEW_FIELDS[field]
+    base = PerceiverConfig(**TINY)
+    changed = base.replace(**{field: value})
+    train = field.startswith("image_conv_batchnorm")  # only training uses the momentum and epsilon
+    before, stats_before = _run(base, head, train)
+    after, stats_after = _run(changed, head, train)
+    differs = before.shape != after.shape or not np.allclose(before, after, rtol=1e-4, atol=1e-6)
+    if field == "image_conv_batchnorm_momentum":  # the output uses batch statistics; the update differs
+        means = [jax.tree.leaves(nn.unbox(stats))[0] for stats in (stats_before, stats_after)]  # mean first
+        differs = not np.allclose(*means, rtol=1e-6, atol=1e-7)
+    assert differs, field
+    with pytest.raises(ValueError, match=field):
+        changed.to_hf_dict()
+    assert PerceiverConfig.from_dict(changed.to_dict()) == changed
+
+
+def test_fields_are_documented_and_split_from_metadata():
+    docs = PerceiverConfig.describe()
+    assert all(docs.values()) and len(docs) == len(dataclasses.fields(PerceiverConfig))
+    assert sorted(PerceiverConfig.hf_fields()) == sorted(
+        HF_FIELDS + ["num_labels", "id2label", "label2id", "architectures", "problem_type"]
+    )
+    assert "mlm_decoder" in PerceiverConfig.head_fields() and "d_latents" not in PerceiverConfig.head_fields()
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(norm_eps="1e-5"), r"norm_eps must be a number, got '1e-5' \(str\)"),
+        (
+            dict(use_query_residual="false"),
+            r"use_query_residual must be a boolean \(true/false\), got 'false'",
+        ),
+        (dict(d_model=64.0), r"d_model must be an integer, got 64.0"),
+        (dict(train_size=[8]), r"train_size must be a tuple of 2 integers"),
+        (dict(mlm_decoder=dict(num_heads=0)), r"mlm_decoder: DecoderAttention.num_heads must be positive"),
+        (dict(mlm_decoder=dict(heads=2)), r"mlm_decoder: .*unexpected keyword argument 'heads'"),
+    ],
+)
+def test_wrong_types_name_the_field(changes, message):
+    with pytest.raises(ValueError, match=message):
+        PerceiverConfig(**changes)
+
+
+def test_from_dict_rejects_unknown_fields():
+    with pytest.raises(ValueError, match=r"unknown PerceiverConfig fields \['num_layers'\]"):
+        PerceiverConfig.from_dict({"num_layers": 4})

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from hf_utils import redraw_
+from helpers import max_rel_err, o1_variables, padded_batch, redraw_
 from jax.sharding import PartitionSpec
 from transformers.models.perceiver import modeling_perceiver as hf
 
-from perceiver_jax import PerceiverConfig, PerceiverForMaskedLM, PerceiverForSequenceClassification
+from perceiver_jax import PerceiverConfig, PerceiverForMaskedLM, PerceiverForSequenceClassification, Settings
 from perceiver_jax.decoders import BasicDecoder
 from perceiver_jax.encoder import PerceiverEncoder
 from perceiver_jax.position_encoding import (
@@ -106,46 +106,26 @@ def test_fourier_features_match_hf(index_dims, max_resolution, num_bands, concat
             np.testing.assert_array_equal(ours[:, : len(index_dims)], reference[:, : len(index_dims)])
 
 
-def _text_batch(config, batch_size=3, seed=0):
-    rng = np.random.default_rng(seed)
-    length = config.max_position_embeddings
-    ids = rng.integers(0, config.vocab_size, (batch_size, length))
-    mask = np.ones((batch_size, length), np.int32)
-    mask[1, length // 2 :] = 0
-    mask[2, 1:] = 0
-    return jnp.asarray(ids, jnp.int32), jnp.asarray(mask)
-
-
-def _o1(variables, seed=0):
-    """Variables (arrays or shape structs) re-drawn at O(1) scale: HF's 0.02 init gives tiny outputs.
-
-    Drawn on the host: one `jax.random` call per distinct shape would compile a kernel per shape.
-    """
-    rng = np.random.default_rng(seed)
-
-    def draw(x):
-        scale = 0.2 if len(x.shape) == 1 else 1.0 / np.sqrt(x.shape[-2])
-        return jnp.asarray(scale * rng.standard_normal(x.shape, np.float32))
-
-    return jax.tree_util.tree_map(draw, variables)
-
-
-def _rel(a, b):
-    return float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
+def _text_batch(config, batch_size=3):
+    ids, mask = padded_batch(config.vocab_size, config.max_position_embeddings, batch_size)
+    return jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
 
 
 def test_dropout_only_when_not_deterministic():
     model = PerceiverForSequenceClassification(SMALL)
     no_dropout = PerceiverForSequenceClassification(SMALL.replace(attention_probs_dropout_prob=0.0))
     ids, mask = _text_batch(SMALL)
-    variables = _o1(jax.eval_shape(model.init, jax.random.key(0), ids, mask))
+    variables = o1_variables(model, inputs=ids, attention_mask=mask)
 
     @jax.jit
     def run(variables, key):
         def train(m):
-            return m.apply(variables, ids, mask, deterministic=False, rngs={"dropout": key})
+            return m.apply(variables, ids, attention_mask=mask, deterministic=False, rngs={"dropout": key})
 
-        evals = model.apply(variables, ids, mask), no_dropout.apply(variables, ids, mask)
+        evals = (
+            model.apply(variables, ids, attention_mask=mask),
+            no_dropout.apply(variables, ids, attention_mask=mask),
+        )
         return evals + (train(model), train(no_dropout))
 
     # 'rbg' keys: same dropout code as the default threefry keys, a fraction of the CPU compile time.
@@ -153,13 +133,13 @@ def test_dropout_only_when_not_deterministic():
     eval_out, plain, a, plain_train = run(variables, key(1))
     b = run(variables, key(2))[2]
     a_again = run(variables, key(1))[2]
-    assert _rel(a, b) > 1e-2 and _rel(a, eval_out) > 1e-2
+    assert max_rel_err(a, b) > 1e-2 and max_rel_err(a, eval_out) > 1e-2
     np.testing.assert_array_equal(a, a_again)
     # Deterministic with dropout configured == the same weights without dropout, in either mode.
     np.testing.assert_array_equal(eval_out, plain)
     np.testing.assert_array_equal(eval_out, plain_train)
     with pytest.raises(Exception, match="dropout"):
-        model.apply(variables, ids, mask, deterministic=False)  # dropout needs an RNG
+        model.apply(variables, ids, attention_mask=mask, deterministic=False)  # dropout needs an RNG
 
 
 @pytest.fixture(scope="module")
@@ -167,11 +147,11 @@ def mlm_loss_and_grad():
     """`(config, ids, mask, variables, f)` with f(model) -> jitted (loss, grads) at `variables`."""
     config = SMALL.replace(attention_probs_dropout_prob=0.0)
     ids, mask = _text_batch(config)
-    variables = _o1(jax.eval_shape(PerceiverForMaskedLM(config).init, jax.random.key(0), ids, mask))
+    variables = o1_variables(PerceiverForMaskedLM(config), inputs=ids, attention_mask=mask)
 
     def loss_and_grad(model):
         def loss(v):
-            return jnp.mean(jax.nn.log_softmax(model.apply(v, ids, mask))[..., 0] ** 2)
+            return jnp.mean(jax.nn.log_softmax(model.apply(v, ids, attention_mask=mask))[..., 0] ** 2)
 
         return jax.jit(jax.value_and_grad(loss))(variables)
 
@@ -181,7 +161,7 @@ def mlm_loss_and_grad():
 @pytest.mark.parametrize("remat", ["full", "dots"])
 def test_remat_keeps_outputs_and_gradients(mlm_loss_and_grad, remat):
     config, ids, mask, variables, loss_and_grad, (loss, grads) = mlm_loss_and_grad
-    loss_r, grads_r = loss_and_grad(PerceiverForMaskedLM(config, remat=remat))
+    loss_r, grads_r = loss_and_grad(PerceiverForMaskedLM(config, settings=Settings(remat=remat)))
     np.testing.assert_allclose(loss_r, loss, rtol=1e-6)
     flat, flat_r = jax.tree_util.tree_leaves(nn.unbox(grads)), jax.tree_util.tree_leaves(nn.unbox(grads_r))
     assert len(flat) == len(flat_r) and len(flat) > 20
@@ -191,10 +171,9 @@ def test_remat_keeps_outputs_and_gradients(mlm_loss_and_grad, remat):
         np.testing.assert_allclose(g_r, g, rtol=1e-5, atol=1e-6 * scale)
 
 
-def test_unknown_remat_policy_is_rejected(mlm_loss_and_grad):
-    config, ids, mask, variables, _, _ = mlm_loss_and_grad
-    with pytest.raises(ValueError, match="remat"):
-        PerceiverForMaskedLM(config, remat="some").apply(variables, ids, mask)
+def test_unknown_remat_policy_is_rejected():
+    with pytest.raises(ValueError, match="Settings.remat='some'; choose one of"):
+        Settings(remat="some")
 
 
 def _encoder_inputs(config, batch_size=2, length=10):
@@ -204,8 +183,9 @@ def _encoder_inputs(config, batch_size=2, length=10):
 
 def test_encoder_stacks_layers_with_logical_axes():
     config = SMALL.replace(num_self_attends_per_block=3)
-    encoder = PerceiverEncoder(config)
-    variables = jax.eval_shape(encoder.init, jax.random.key(0), *_encoder_inputs(config))
+    encoder = PerceiverEncoder(config=config)
+    inputs, mask = _encoder_inputs(config)
+    variables = jax.eval_shape(lambda key: encoder.init(key, inputs, inputs_mask=mask), jax.random.key(0))
     params = nn.unbox(variables["params"])
     assert set(params) == {"latents", "cross_attention", "self_attends"}
     for leaf in jax.tree_util.tree_leaves(params["self_attends"]):
@@ -235,12 +215,12 @@ def test_encoder_stacks_layers_with_logical_axes():
 
 
 def _trace_sizes(config):
-    encoder = PerceiverEncoder(config)
+    encoder = PerceiverEncoder(config=config)
     inputs, mask = _encoder_inputs(config)
-    variables = jax.eval_shape(encoder.init, jax.random.key(0), inputs, mask)
+    variables = jax.eval_shape(lambda key: encoder.init(key, inputs, inputs_mask=mask), jax.random.key(0))
 
     def forward(v, x, m):
-        return encoder.apply(v, x, m)
+        return encoder.apply(v, x, inputs_mask=m).last_hidden_state
 
     jaxpr = str(jax.make_jaxpr(forward)(variables, inputs, mask))
     hlo = jax.jit(forward).lower(variables, inputs, mask).as_text()
@@ -265,11 +245,11 @@ def test_chunked_decoding_equals_unchunked():
 
     def decoder(chunk):
         return BasicDecoder(
-            config,
+            config=config,
             output_num_channels=5,
-            output_position_encodings=TrainablePositionEncoding(num_queries, width),
-            output_index_dims=(num_queries,),
-            num_channels=width,
+            output_position_encodings=TrainablePositionEncoding(
+                index_dims=(num_queries,), num_channels=width
+            ),
             qk_channels=16,
             v_channels=24,
             num_heads=4,
@@ -281,10 +261,12 @@ def test_chunked_decoding_equals_unchunked():
     latents = jnp.asarray(np.random.default_rng(1).standard_normal((2, config.num_latents, config.d_latents)))
 
     def forward(module, z):
-        return module(module.decoder_query(z), z)
+        return module(module.decoder_query(z), z)[0]
 
     # O(1) weights, so that a wrong mapping of chunks to queries could not hide in small outputs.
-    variables = _o1(jax.eval_shape(nn.init(forward, decoder(None)), jax.random.key(0), latents))
+    shapes = jax.eval_shape(nn.init(forward, decoder(None)), jax.random.key(0), latents)
+    rng = np.random.default_rng(0)
+    variables = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape, np.float32) / 4), shapes)
     full = jax.jit(nn.apply(forward, decoder(None)))(variables, latents)
     assert full.shape == (2, num_queries, 5)
     # 1 and 3: padded last chunk; 5: exact split.
@@ -294,7 +276,7 @@ def test_chunked_decoding_equals_unchunked():
 
 
 def test_redraw_is_deterministic_and_order_one():
-    """`hf_utils.redraw_`, which every parity test relies on: all parameters and float buffers re-drawn."""
+    """`helpers.redraw_`, which every parity test relies on: all parameters and float buffers re-drawn."""
     config = transformers.PerceiverConfig(
         num_latents=4,
         d_latents=16,
@@ -354,10 +336,26 @@ def test_bfloat16_model_has_no_bfloat16_result_products():
     config = PerceiverConfig(
         num_latents=8, d_latents=32, d_model=16, num_self_attends_per_block=2, qk_channels=16, v_channels=32
     )
-    model = PerceiverForMaskedLM(config, dtype=jnp.bfloat16)
+    model = PerceiverForMaskedLM(config, settings=Settings(dtype=jnp.bfloat16))
     ids = jnp.ones((2, 24), jnp.int32)
     variables = jax.jit(model.init)(jax.random.key(0), ids)
     hlo = jax.jit(model.apply).lower(variables, ids).as_text(dialect="hlo")
     products = [line for line in hlo.splitlines() if " dot(" in line]
     assert len(products) >= 10
     assert not [line for line in products if "= bf16[" in line], products
+
+
+def test_cudnn_attention_falls_back_to_xla_where_it_does_not_apply():
+    """On a CPU (and for float32, or unequal head widths) 'cudnn' models compute exactly what 'xla' ones do."""
+    from perceiver_jax.attention import cudnn_applies
+
+    config = SMALL.replace(attention_probs_dropout_prob=0.0)
+    ids, mask = _text_batch(config)
+    variables = jax.jit(PerceiverForMaskedLM(config).init)(jax.random.key(0), ids)
+    outputs = {}
+    for implementation in ("xla", "cudnn"):
+        model = PerceiverForMaskedLM(config, settings=Settings(attention_implementation=implementation))
+        outputs[implementation] = jax.jit(model.apply)(variables, ids, attention_mask=mask)
+    np.testing.assert_array_equal(outputs["xla"], outputs["cudnn"])
+    q = jnp.zeros((1, 4, 2, 64), jnp.bfloat16)
+    assert not cudnn_applies(q, q, q)  # no GPU here

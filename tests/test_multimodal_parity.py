@@ -1,6 +1,6 @@
 """Parity of the multimodal autoencoding head with HF's torch `PerceiverForMultimodalAutoencoding`.
 
-Every HF parameter is re-drawn at O(1) scale (`hf_utils.redraw_`) and outputs are compared in float32 at
+Every HF parameter is re-drawn at O(1) scale (`helpers.redraw_`) and outputs are compared in float32 at
 a relative error (max|jax - torch| / max|torch|) of at most 1e-5 per output. The small model uses
 `cross_attention_shape_for_attention='q'`, the official-size one HF's default 'kv', so both qk-width rules
 of the decoder are covered. HF crashes without `subsampled_output_points`; our decode of every point is
@@ -15,7 +15,7 @@ import pytest
 import torch
 import transformers
 from flax import traverse_util
-from hf_utils import count_params, max_rel_err, redraw_, save_random_hf
+from helpers import count_params, max_rel_err, redraw_, save_random_hf
 
 from perceiver_jax import (
     PerceiverConfig,
@@ -107,7 +107,7 @@ def small(tmp_path_factory):
         "image": rng.permutation(NUM_VIDEO_POINTS)[:70],  # unsorted
         "audio": rng.permutation(NUM_AUDIO_POINTS)[:5],
     }
-    apply = jax.jit(lambda v, x, m, p: model.apply(v, x, m, p))
+    apply = jax.jit(lambda v, x, m, p: model.apply(v, x, attention_mask=m, subsampled_output_points=p))
     ours = apply(variables, inputs, jnp.asarray(mask), {k: jnp.asarray(v) for k, v in points.items()})
     reference = _hf_logits(torch_model, torch_inputs, points, mask)
     return dict(
@@ -145,7 +145,7 @@ def test_decode_all_points(small):
     """No subsampled points: every point is decoded, in chunks, at `-1 + 2 * index / dim`; equal to HF
     decoding every index as subsampled points and to our subsampled decodes of a partition."""
     model, variables, inputs = small["model"].clone(chunk_size=64), small["variables"], small["inputs"]
-    everything = jax.jit(lambda v, x: model.apply(v, x))(variables, inputs)
+    everything = jax.jit(model.apply)(variables, inputs)
     assert everything["image"].shape == (2, NUM_VIDEO_POINTS, 3)
     assert everything["audio"].shape == (2, NUM_AUDIO_POINTS * 4)
     all_points = {"image": np.arange(NUM_VIDEO_POINTS), "audio": np.arange(NUM_AUDIO_POINTS)}
@@ -214,7 +214,9 @@ def test_official_dims(tmp_path):
     inputs, torch_inputs = _inputs(rng, 1, 16, 32, 3840, 700)
     points = {"image": rng.permutation(16 * 224 * 224)[:2048], "audio": rng.permutation(1920)[:120]}
     jax_points = {k: jnp.asarray(v) for k, v in points.items()}
-    ours = jax.jit(lambda v, x, p: model.apply(v, x, None, p))(variables, inputs, jax_points)
+    ours = jax.jit(lambda v, x, p: model.apply(v, x, subsampled_output_points=p))(
+        variables, inputs, jax_points
+    )
     _assert_close(ours, _hf_logits(torch_model, torch_inputs, points))
 
 
@@ -238,13 +240,12 @@ def test_video_decoder_matches_hf():
         reference = theirs(query, z).logits.numpy()
 
     config = PerceiverConfig.from_hf(hf_config)
-    positions = FourierPositionEncoding(3, (2, 4, 6))
-    inner = BasicDecoder(config, 7, positions, (2, 4, 6), num_channels=21)
-    ours = BasicVideoAutoencodingDecoder(inner, (1, 2, 4, 6))
+    positions = FourierPositionEncoding(index_dims=(2, 4, 6), num_bands=3)
+    inner = BasicDecoder(config=config, output_num_channels=7, output_position_encodings=positions)
+    ours = BasicVideoAutoencodingDecoder(decoder=inner)
 
     def run(module, z):
-        query = module.decoder_query(z, subsampled_points=jnp.arange(48))
-        return module(query, z)
+        return module(module.decoder_query(z, subsampled_points=jnp.arange(48)), z)[0]
 
     shapes = nn.unbox(jax.eval_shape(lambda: ours.init(jax.random.key(0), z.numpy(), method=run)))
     state = theirs.state_dict()
@@ -269,7 +270,9 @@ def checker(small):
 
     def run(inputs=None, points=None, **changes):
         inputs = dict(small["inputs"] if inputs is None else inputs, **changes)
-        return jax.eval_shape(lambda v: small["model"].apply(v, inputs, None, points), small["variables"])
+        return jax.eval_shape(
+            lambda v: small["model"].apply(v, inputs, subsampled_output_points=points), small["variables"]
+        )
 
     return run
 
@@ -277,7 +280,7 @@ def checker(small):
 @pytest.mark.parametrize("missing", ["image", "audio", "label"])
 def test_missing_modality(checker, small, missing):
     inputs = {k: v for k, v in small["inputs"].items() if k != missing}
-    with pytest.raises(ValueError, match=f"lack modality '{missing}'"):
+    with pytest.raises(ValueError, match=f"missing \\['{missing}'\\]"):
         checker(inputs)
 
 
@@ -317,8 +320,11 @@ def test_bad_subsampled_points(checker, points, message):
 def test_random_masking_needs_rng(small):
     """A mask probability strictly between 0 and 1 draws masks from the 'masking' RNG."""
     model = PerceiverForMultimodalAutoencoding(small["model"].config.replace(multimodal_audio_mask_prob=0.5))
-    args = (small["variables"], small["inputs"], None, {"image": jnp.arange(3), "audio": jnp.arange(2)})
+    points = {"image": jnp.arange(3), "audio": jnp.arange(2)}
+    args = (small["variables"], small["inputs"])
     with pytest.raises(ValueError, match="rngs=\\{'masking': key\\}"):
-        jax.eval_shape(lambda: model.apply(*args))
-    masked = jax.eval_shape(lambda: model.apply(*args, rngs={"masking": jax.random.key(0)}))
+        jax.eval_shape(lambda: model.apply(*args, subsampled_output_points=points))
+    masked = jax.eval_shape(
+        lambda: model.apply(*args, subsampled_output_points=points, rngs={"masking": jax.random.key(0)})
+    )
     assert masked["audio"].shape == (2, 2 * 4) and masked["image"].shape == (2, 3, 3)

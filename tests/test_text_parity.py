@@ -1,6 +1,6 @@
 """Text heads (masked LM, sequence classification) against HF's torch Perceiver, weights in and out.
 
-Every comparison uses HF models with all weights re-drawn at O(1) scale (`hf_utils.redraw_`) and padded
+Every comparison uses HF models with all weights re-drawn at O(1) scale (`helpers.redraw_`) and padded
 inputs, in float32, at relative error <= 1e-5; deliberately wrong ports must fail the same comparison.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from hf_utils import count_params, max_rel_err, redraw_, save_random_hf
+from helpers import count_params, max_rel_err, o1_variables, padded_batch, redraw_, save_random_hf
 from safetensors.numpy import load_file
 
 import perceiver_jax.attention
@@ -102,17 +102,6 @@ CASES = {
 }
 
 
-def padded_batch(vocab_size, length, seed=0):
-    """Token ids and mask `(4, length)`: rows padded to length, ~2/3, ~1/3 and a single token."""
-    rng = np.random.default_rng(seed)
-    ids = rng.integers(1, vocab_size, (4, length))
-    mask = np.zeros((4, length), np.int64)
-    for row, keep in enumerate((length, 2 * length // 3, length // 3, 1)):
-        mask[row, :keep] = 1
-    ids = np.where(mask == 1, ids, 0)
-    return ids, mask
-
-
 def torch_logits(torch_model, ids, mask):
     """HF logits (numpy) for int `ids` and `mask` `(B, T)`."""
     with torch.no_grad():
@@ -121,28 +110,13 @@ def torch_logits(torch_model, ids, mask):
 
 def jax_logits(model, variables, ids, mask):
     """perceiver-jax logits (numpy, jitted) for int `ids` and `mask` `(B, T)`."""
-    return np.asarray(jax.jit(model.apply)(variables, jnp.asarray(ids, jnp.int32), jnp.asarray(mask)))
+    apply = jax.jit(lambda v, x, m: model.apply(v, x, attention_mask=m))
+    return np.asarray(apply(variables, jnp.asarray(ids, jnp.int32), jnp.asarray(mask)))
 
 
 def hf_config(overrides=None, **extra):
     """A small `transformers.PerceiverConfig`: `BASE` updated with `overrides` and `extra`."""
     return transformers.PerceiverConfig(**{**BASE, **(overrides or {}), **extra})
-
-
-def random_variables(model, *inputs, seed=0):
-    """O(1) Flax variables for `model` without running its initialisers (shapes from `eval_shape`; host
-    RNG, so no kernel is compiled): kernels std 1/sqrt(fan_in), norm scales 1 +- 0.1, rest std 0.2-1."""
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        name, shape = path[-1].key, leaf.shape
-        if name == "scale":
-            return jnp.asarray(1.0 + 0.1 * rng.uniform(-1, 1, shape), jnp.float32)
-        std = 1.0 / np.sqrt(shape[-2]) if name == "kernel" else (0.2 if len(shape) == 1 else 1.0)
-        return jnp.asarray(std * rng.standard_normal(shape, np.float32))
-
-    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), *inputs))
-    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +222,9 @@ def test_language_perceiver_dimensions(tmp_path):
     model, variables = from_pretrained(str(tmp_path))
     assert count_params(variables["params"]) == 201_108_230
     ours_from_config = PerceiverForMaskedLM(PerceiverConfig(qk_channels=256, v_channels=1280))
-    shapes = jax.eval_shape(ours_from_config.init, jax.random.key(0), *ours_from_config.example_inputs())
+    shapes = jax.eval_shape(
+        lambda key: ours_from_config.init(key, **ours_from_config.example_inputs()), jax.random.key(0)
+    )
     assert count_params(shapes["params"]) == 201_108_230
     ours = jax_logits(model, variables, ids, mask)
     assert ours.shape == reference.shape == (1, 2048, 262)
@@ -267,7 +243,7 @@ def test_flax_to_hf_gives_same_outputs(tmp_path):
     for head in (PerceiverForSequenceClassification, PerceiverForMaskedLM):
         model = head(config)
         ids, mask = padded_batch(config.vocab_size, config.max_position_embeddings, seed=4)
-        variables = random_variables(model, jnp.asarray(ids, jnp.int32), jnp.asarray(mask))
+        variables = o1_variables(model, inputs=jnp.asarray(ids, jnp.int32), attention_mask=jnp.asarray(mask))
         folder = tmp_path / head.__name__
         save_pretrained(model, variables, str(folder))
         torch_model, info = getattr(transformers, head.__name__).from_pretrained(
@@ -368,9 +344,9 @@ def test_bad_token_ids(mlm):
     with pytest.raises(ValueError, match="max_position_embeddings=24"):
         model.apply(variables, jnp.ones((2, 25), jnp.int32))
     with pytest.raises(ValueError, match="attention_mask"):
-        model.apply(variables, ids, jnp.ones((2, 9), jnp.int32))
+        model.apply(variables, ids, attention_mask=jnp.ones((2, 9), jnp.int32))
     with pytest.raises(ValueError, match="attention_mask"):
-        model.apply(variables, ids, jnp.ones((1, 10), jnp.int32))
+        model.apply(variables, ids, attention_mask=jnp.ones((1, 10), jnp.int32))
 
 
 def test_checkpoint_of_another_head(mlm, cls_folder):

@@ -35,8 +35,7 @@ TINY_MODEL = dict(
     num_self_attention_heads=2,
     num_cross_attention_heads=2,
     max_position_embeddings=32,
-    mlm_decoder_qk_channels=16,
-    mlm_decoder_num_heads=2,
+    mlm_decoder=dict(num_heads=2, qk_channels=16),
     attention_probs_dropout_prob=0.1,
 )
 
@@ -172,10 +171,12 @@ def test_fine_tuning_copies_the_mlm_encoder_and_exports(reference, tmp_path, mon
     assert model.config.id2label == {0: "real", 1: "shuffled"}
     assert variables["params"]["perceiver"]["decoder"]["decoder"]["final_layer"]["kernel"].shape == (32, 2)
     # With learning rate 0 the fine-tuned checkpoint still holds exactly the pretrained subtrees.
-    model_config = PerceiverConfig(**TINY_MODEL)
+    model_config = PerceiverConfig.from_dict(TINY_MODEL)
     ids = jnp.zeros((1, 32), jnp.int32)
     shapes = nn.unbox(
-        jax.eval_shape(PerceiverForSequenceClassification(model_config).init, jax.random.PRNGKey(0), ids)
+        jax.eval_shape(
+            lambda key: PerceiverForSequenceClassification(model_config).init(key, ids), jax.random.PRNGKey(0)
+        )
     )
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     wanted = {

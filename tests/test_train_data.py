@@ -114,8 +114,7 @@ def test_decay_mask_spares_biases_and_norm_scales():
         num_self_attention_heads=2,
         num_cross_attention_heads=2,
         max_position_embeddings=16,
-        mlm_decoder_qk_channels=8,
-        mlm_decoder_num_heads=2,
+        mlm_decoder=dict(num_heads=2, qk_channels=8),
     )
     params = PerceiverForMaskedLM(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 16), jnp.int32))["params"]
     for boxed in (True, False):

@@ -1,6 +1,6 @@
 """Parity of the image-classification and optical-flow heads with Hugging Face's torch Perceiver.
 
-Every HF parameter and BatchNorm buffer is re-drawn at O(1) scale (`hf_utils.redraw_`) and outputs are
+Every HF parameter and BatchNorm buffer is re-drawn at O(1) scale (`helpers.redraw_`) and outputs are
 compared in float32 at a relative error (max|jax - torch| / max|torch|) of at most 1e-5. Images are fed
 channels-last to perceiver-jax and NCHW to torch; flow patches as (B, 2, H, W, 27) and (B, 2, 27, H, W).
 """
@@ -15,14 +15,18 @@ import pytest
 import torch
 import transformers
 from flax import traverse_util
-from hf_utils import count_params, max_rel_err, redraw_, save_random_hf
+from helpers import count_params, max_rel_err, redraw_, save_random_hf
 from safetensors.numpy import load_file
 from transformers.models.perceiver import modeling_perceiver as hf_perceiver
 
 from perceiver_jax import HEADS, PerceiverConfig, PerceiverForOpticalFlow, from_pretrained, save_pretrained
 from perceiver_jax.hf import abstract_variables, convert_state_dict, hf_key
 from perceiver_jax.parity import main as parity_main
-from perceiver_jax.position_encoding import FourierPositionEncoding, TrainablePositionEncoding
+from perceiver_jax.position_encoding import (
+    FourierPositionEncoding,
+    PositionEncodingProjector,
+    TrainablePositionEncoding,
+)
 from perceiver_jax.vision import ImagePreprocessor, space_to_depth
 
 RTOL = 1e-5
@@ -239,11 +243,12 @@ PREPROCESSOR_CASES = {
             trainable_position_encoding_kwargs=dict(num_channels=8, index_dims=16),
         ),
         ImagePreprocessor(
-            TrainablePositionEncoding(16, 8),
+            position_embeddings=PositionEncodingProjector(
+                encoding=TrainablePositionEncoding(index_dims=(16,), num_channels=8), output_channels=8
+            ),
             prep_type="conv1x1",
             spatial_downsample=2,
             out_channels=8,
-            project_pos_dim=8,
         ),
         (2, 8, 8, 3),
     ),
@@ -256,7 +261,10 @@ PREPROCESSOR_CASES = {
             trainable_position_encoding_kwargs=dict(num_channels=6, index_dims=9),
         ),
         ImagePreprocessor(
-            TrainablePositionEncoding(9, 6), prep_type="conv", spatial_downsample=4, out_channels=8
+            position_embeddings=TrainablePositionEncoding(index_dims=(9,), num_channels=6),
+            prep_type="conv",
+            spatial_downsample=4,
+            out_channels=8,
         ),
         (2, 16, 16, 3),
     ),
@@ -273,12 +281,13 @@ PREPROCESSOR_CASES = {
             fourier_position_encoding_kwargs=_fourier(2, (4, 4)),
         ),
         ImagePreprocessor(
-            FourierPositionEncoding(2, (4, 4)),
+            position_embeddings=PositionEncodingProjector(
+                encoding=FourierPositionEncoding(index_dims=(4, 4), num_bands=2), output_channels=10
+            ),
             prep_type="patches",
             spatial_downsample=2,
             conv_after_patching=True,
             out_channels=10,
-            project_pos_dim=10,
             concat_or_add_pos="add",
         ),
         (2, 8, 8, 3),
@@ -292,7 +301,7 @@ PREPROCESSOR_CASES = {
             fourier_position_encoding_kwargs=_fourier(3, (2, 4, 4)),
         ),
         ImagePreprocessor(
-            FourierPositionEncoding(3, (2, 4, 4)),
+            position_embeddings=FourierPositionEncoding(index_dims=(2, 4, 4), num_bands=3),
             prep_type="patches",
             spatial_downsample=2,
             temporal_downsample=2,
@@ -308,7 +317,7 @@ PREPROCESSOR_CASES = {
             fourier_position_encoding_kwargs=_fourier(2, (2, 4, 4)),
         ),
         ImagePreprocessor(
-            FourierPositionEncoding(2, (2, 4, 4)),
+            position_embeddings=FourierPositionEncoding(index_dims=(2, 4, 4), num_bands=2),
             prep_type="pixels",
             spatial_downsample=2,
             temporal_downsample=2,
@@ -385,10 +394,11 @@ def test_bad_inputs_raise_clear_errors(name, shape, message, small_hf):
 
 def test_bad_preprocessor_settings_raise():
     x = jnp.zeros((1, 8, 8, 3))
+    positions = FourierPositionEncoding(index_dims=(8, 8), num_bands=2)
     with pytest.raises(ValueError, match="prep_type 'conv3x3' is not one of"):
-        ImagePreprocessor(FourierPositionEncoding(2, (8, 8)), prep_type="conv3x3").init(jax.random.key(0), x)
+        ImagePreprocessor(position_embeddings=positions, prep_type="conv3x3").init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="power of 4"):
-        ImagePreprocessor(FourierPositionEncoding(2, (8, 8)), spatial_downsample=2).init(jax.random.key(0), x)
+        ImagePreprocessor(position_embeddings=positions, spatial_downsample=2).init(jax.random.key(0), x)
     with pytest.raises(ValueError, match="must divide"):
         space_to_depth(jnp.zeros((1, 5, 4, 3)), 1, 2)
     with pytest.raises(ValueError, match="flow_rescale_factor must be positive"):
@@ -407,5 +417,6 @@ def test_hard_coded_fields_round_trip_and_stay_out_of_hf_config():
     with pytest.raises(ValueError, match="flow_patch_channels"):
         PerceiverConfig(flow_patch_channels=32).to_hf_dict()
     assert (
-        math.prod(PerceiverForOpticalFlow(PerceiverConfig()).example_inputs()[0].shape) == 2 * 368 * 496 * 27
+        math.prod(PerceiverForOpticalFlow(PerceiverConfig()).example_inputs()["inputs"].shape)
+        == 2 * 368 * 496 * 27
     )

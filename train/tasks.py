@@ -53,7 +53,7 @@ class Task:
       head: key of `perceiver_jax.HEADS`, the model class.
       sources: (config, model config) -> (train source, eval source) of examples.
       labels: class names written into the model config's `id2label` (None: keep the config's).
-      inputs: batch keys passed positionally to the head, in order.
+      inputs: batch keys passed to the head as keyword arguments of the same names.
       accuracy_name / baseline_name: what accuracy and the most-frequent-target baseline mean here.
       loss: (logits, batch, label_smoothing) -> sums with at least `loss` and `weight`.
     """
@@ -68,7 +68,7 @@ class Task:
 
     def model_config(self, config: ml_collections.ConfigDict) -> PerceiverConfig:
         """The `PerceiverConfig` of `config.model` (with this task's labels)."""
-        model_config = PerceiverConfig(**config.model.to_dict())
+        model_config = PerceiverConfig.from_dict(config.model.to_dict())
         if self.labels is not None:
             model_config = model_config.replace(id2label=dict(enumerate(self.labels)), label2id=None)
         return model_config

@@ -25,11 +25,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from perceiver_jax import HEADS
+from perceiver_jax import HEADS, Settings
 from train import checkpoint, data, optim, partitioning, report, tasks
 
 log = logging.getLogger("train")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Parameter subtrees `config.init_from` copies from a pretraining run: shared by all heads of a modality.
 PRETRAINED = ("input_preprocessor", "encoder")
 
@@ -67,7 +66,10 @@ def train_step(
 
     def loss_fn(params, batch, rng):
         logits = model.apply(
-            {"params": params}, *(batch[k] for k in task.inputs), deterministic=False, rngs={"dropout": rng}
+            {"params": params},
+            **{k: batch[k] for k in task.inputs},
+            deterministic=False,
+            rngs={"dropout": rng},
         )
         sums = task.loss(logits, batch, label_smoothing)
         return sums["loss"], sums
@@ -99,7 +101,7 @@ def eval_step(
     params: Any, batch: dict[str, jax.Array], *, model: nn.Module, task: tasks.Task
 ) -> dict[str, jax.Array]:
     """Loss sums of a global eval batch (no dropout, no label smoothing); see `tasks.classification_sums`."""
-    return task.loss(model.apply({"params": params}, *(batch[k] for k in task.inputs)), batch)
+    return task.loss(model.apply({"params": params}, **{k: batch[k] for k in task.inputs}), batch)
 
 
 def _check_batch(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
@@ -137,18 +139,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     task = tasks.get_task(config.task)
     mesh = partitioning.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     _check_batch(config, mesh)
-    if config.dtype not in DTYPES:
-        raise ValueError(f"unknown config.dtype={config.dtype!r}; choose one of {sorted(DTYPES)}.")
     if config.export_hf:
         _save_pretrained()
     model_config = task.model_config(config)
-    model = HEADS[task.head](
-        model_config,
-        dtype=DTYPES[config.dtype],
-        param_dtype=jnp.float32,
-        remat=config.remat,
-        attention_implementation=config.attention_implementation,
+    settings = Settings(
+        dtype=config.dtype, remat=config.remat, attention_implementation=config.attention_implementation
     )
+    model = HEADS[task.head](model_config, settings=settings)
     schedule = optim.learning_rate_schedule(config)
     tx = optim.make_optimizer(config, schedule)
     train_source, eval_source = task.sources(config, model_config)
@@ -162,7 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     def init(rng):
         params_rng, dropout_rng = jax.random.split(rng)
-        params = model.init(params_rng, *(example[k] for k in task.inputs))["params"]
+        params = model.init(params_rng, **{k: example[k] for k in task.inputs})["params"]
         return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), dropout_rng)
 
     rng = jax.random.PRNGKey(config.seed)

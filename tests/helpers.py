@@ -1,12 +1,15 @@
-"""Shared helpers for parity tests against Hugging Face torch models.
+"""Helpers shared by the tests: O(1) weights for HF torch models (`redraw_`, `save_random_hf`) and for
+Flax models (`o1_variables`), padded token batches, the relative error, parameter counts.
 
-HF's own init (std 0.02) makes Perceiver outputs tiny, so any port looks "close"; `redraw_` re-draws every
-parameter and float buffer at O(1) scale so that a relative error of 1e-5 actually means something.
+HF's own init (std 0.02) makes Perceiver outputs tiny, so any port looks "close"; both re-drawers draw every
+parameter (and float buffer) at O(1) scale so that a relative error of 1e-5 actually means something.
 """
 
 import math
 
+import flax.linen as flax_nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 from flax.core import meta
@@ -100,3 +103,39 @@ def count_params(tree):
     """Total number of elements in a Flax parameter tree (`nn.Partitioned` boxes are unboxed); leaves may be
     arrays or `jax.ShapeDtypeStruct`s (from `jax.eval_shape`, to count without allocating)."""
     return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(meta.unbox(tree))))
+
+
+def o1_variables(model, seed=0, **init_kwargs):
+    """O(1) Flax variables for `model` without running its initialisers (shapes from `eval_shape` of
+    `model.init(key, **init_kwargs)`; host RNG, so no kernel is compiled): kernels std 1/sqrt(fan_in),
+    norm scales 1 +- 0.1, 1-D parameters std 0.2, tables and latents std 1; integer variables 0."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name, shape = path[-1].key, leaf.shape
+        if np.issubdtype(leaf.dtype, np.integer):
+            return jnp.zeros(shape, leaf.dtype)
+        if name == "scale":
+            return jnp.asarray(1.0 + 0.1 * rng.uniform(-1, 1, shape), jnp.float32)
+        if name == "var":
+            return jnp.asarray(rng.uniform(0.5, 1.5, shape), jnp.float32)
+        if name == "kernel":  # Dense (in, out), stacked (layers, in, out), conv (kh, kw, in, out)
+            std = 1.0 / np.sqrt(np.prod(shape[:-1]) if len(shape) == 4 else shape[-2])
+        else:
+            std = 0.2 if len(shape) == 1 else 1.0
+        return jnp.asarray(std * rng.standard_normal(shape, np.float32))
+
+    shapes = flax_nn.unbox(jax.eval_shape(lambda key: model.init(key, **init_kwargs), jax.random.key(0)))
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def padded_batch(vocab_size, length, batch_size=4, seed=0):
+    """Token ids and mask, int `(batch_size, length)`: rows keep `length`, ..., `length / (B - 1)` tokens
+    in equal steps and the last row a single one; the rest is padding (id 0, mask 0)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, vocab_size, (batch_size, length))
+    mask = np.zeros((batch_size, length), np.int64)
+    for row in range(batch_size):
+        last = row == batch_size - 1
+        mask[row, : 1 if last else length * (batch_size - 1 - row) // (batch_size - 1)] = 1
+    return np.where(mask == 1, ids, 0), mask
