@@ -157,10 +157,7 @@ class AudioPreprocessor(Preprocessor, kw_only=True):
         if (num_tokens,) == tuple(encoding.index_dims):
             pos = encoding(batch_size)
         else:
-            positions = np.broadcast_to(
-                linear_positions((num_tokens,)).reshape(1, -1, 1), (batch_size, num_tokens, 1)
-            )
-            pos = encoding(batch_size, pos=positions)
+            pos = encoding(batch_size, pos=linear_positions((num_tokens,)).reshape(1, -1, 1))
         pos = pos.astype(patches.dtype)
         if self.concat_or_add_pos == "concat":
             return jnp.concatenate([patches, pos], axis=-1), None, patches

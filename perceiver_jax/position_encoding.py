@@ -168,9 +168,9 @@ class FourierPositionEncoding(PositionEncoding, kw_only=True):
         return d * self.num_bands * (1 if self.sine_only else 2) + (d if self.concat_pos else 0)
 
     def __call__(self, batch_size: int, *, pos: jax.Array | np.ndarray | None = None) -> jax.Array:
-        """Features of the grid, or of `pos` `(B, N', d)`. Numpy positions, the same for every batch
-        element, are computed on the host (exact constants); jax positions use batch element 0's for the
-        sin/cos part and each element's own for the raw coordinates, as HF does."""
+        """Features of the grid, or of `pos` `(B, N', d)`. Numpy positions, one grid for the whole batch
+        (`(1, N', d)`, or the same rows), are computed on the host (exact constants); jax positions use batch
+        element 0's for the sin/cos part and each element's own for the raw coordinates, as HF does."""
         d = len(self.resolution)
         if pos is None:
             pos = linear_positions(self.index_dims).reshape(-1, d)

@@ -12,7 +12,6 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from perceiver_jax.attention import dense
 from perceiver_jax.image_processing import interpolate_position_table
@@ -318,8 +317,7 @@ class ImagePreprocessor(Preprocessor, kw_only=True):
         elif grid == tuple(encoding.index_dims):
             pos = encoding(batch_size)
         else:
-            positions = linear_positions(grid).reshape(1, -1, len(grid))
-            pos = encoding(batch_size, pos=np.broadcast_to(positions, (batch_size,) + positions.shape[1:]))
+            pos = encoding(batch_size, pos=linear_positions(grid).reshape(1, -1, len(grid)))
         if pos.shape[1] != features.shape[1]:
             raise ValueError(
                 f"the inputs give a {'x'.join(map(str, grid))} grid of {features.shape[1]} positions but the "

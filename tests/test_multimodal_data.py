@@ -314,7 +314,11 @@ def test_subsampled_targets_match_the_models_outputs():
         np.testing.assert_array_equal(targets["audio"][b], expected_audio)
     model = PerceiverForMultimodalAutoencoding(CONFIG)
     outputs = jax.eval_shape(
-        lambda: model.apply(model.init(jax.random.key(0), inputs, None, points), inputs, None, points)
+        lambda: model.apply(
+            model.init(jax.random.key(0), inputs, subsampled_output_points=points),
+            inputs,
+            subsampled_output_points=points,
+        )
     )
     for name in ("image", "audio"):
         assert outputs[name].shape == targets[name].shape
