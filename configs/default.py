@@ -1,32 +1,107 @@
 """Every field the trainer reads, with defaults; the other configs start from `get_config()` here.
 
-Not a run of its own (its model is the full language-perceiver); see mlm_tiny.py for the demo.
+Not a run of its own (its model is the full language-perceiver); see mlm_tiny.py for the demo. Every
+`PerceiverConfig` field is under `config.model`, so any of them can be set from the command line
+(`--config.model.num_blocks=2`, `--config.model.mlm_decoder.num_heads=4`).
 """
 
+import dataclasses
+import types
+import typing
+
 import ml_collections
+
+from perceiver_jax import PerceiverConfig
+from perceiver_jax.sharding import DEFAULT_RULES
+
+
+def _placeholder(annotation) -> ml_collections.FieldReference:
+    """A None-valued field that the command line can set to a value of the annotation's type."""
+    kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(kinds[0]) or kinds[0]
+    return ml_collections.config_dict.placeholder({typing.Mapping: dict}.get(origin, origin))
+
+
+def _fields(obj) -> ml_collections.ConfigDict:
+    hints = typing.get_type_hints(type(obj))
+    config = ml_collections.ConfigDict()
+    for field in dataclasses.fields(obj):
+        value = getattr(obj, field.name)
+        if dataclasses.is_dataclass(value):
+            value = _fields(value)
+        elif value is None:
+            value = _placeholder(hints[field.name])
+        elif isinstance(value, (dict, types.MappingProxyType)):
+            value = dict(value)
+        config[field.name] = value
+    return config
+
+
+def model(**overrides) -> ml_collections.ConfigDict:
+    """`config.model`: every `PerceiverConfig` field (its defaults, or `overrides`), settable by name."""
+    return _fields(PerceiverConfig(**overrides))
 
 
 def get_config() -> ml_collections.ConfigDict:
     """Defaults of all trainer fields."""
     config = ml_collections.ConfigDict()
-    config.task = "mlm"  # a key of train.tasks.TASKS: 'mlm' (byte masked LM) or 'seqcls' (classification)
-    # PerceiverConfig fields (perceiver_jax/config.py); unset fields keep PerceiverConfig's defaults.
-    config.model = ml_collections.ConfigDict()
+    # A key of train.tasks.TASKS: 'mlm', 'text_classification', 'image_learned', 'image_fourier',
+    # 'image_conv', 'optical_flow', 'multimodal_autoencoding'.
+    config.task = "mlm"
+    config.model = model()
     config.dtype = "float32"  # compute dtype, 'float32' or 'bfloat16' (parameters stay float32)
     config.remat = "none"  # rematerialise encoder layers: 'none', 'full' or 'dots'
     config.attention_implementation = "xla"  # 'cudnn': flash attention on NVIDIA GPUs (without dropout)
 
-    # Mesh axes sizes; -1 takes the remaining devices. Batch splits over data x fsdp, parameters over fsdp
-    # (and tensor for heads / MLP / vocabulary).
+    # Mesh axes sizes; -1 takes the remaining devices. The rules map the modules' logical axis names onto
+    # them: batch over data x fsdp, parameters over fsdp (and tensor for heads / MLP / vocabulary).
     config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    config.sharding_rules = DEFAULT_RULES
 
-    # Data: byte windows of `seq_len - 2` bytes in [CLS] ... [SEP].
+    # Data. Text: byte windows of `seq_len - 2` bytes in [CLS] ... [SEP].
     config.data = ml_collections.ConfigDict()
-    config.data.files = ""  # comma-separated glob patterns of text files; '' = embedded pydoc_data.topics
-    config.data.seq_len = 2048  # tokens per example; for 'mlm' = the decoder's output length
-    config.data.mask_prob = 0.15  # BERT masking rate ('mlm')
-    config.data.holdout_every = 20  # every 20th window is the held-out eval split (5%)
-    config.data.seed = 0  # shuffling and masking
+    config.data.seed = 0  # shuffling and every example's randomness
+    config.data.num_workers = 0  # Grain worker processes preparing batches (0: in this process)
+    config.data.files = (
+        ""  # mlm: comma-separated glob patterns of text files; '' = embedded pydoc_data.topics
+    )
+    config.data.seq_len = 2048  # text: tokens per example; for 'mlm' = the decoder's output length
+    config.data.mask_prob = 0.15  # mlm: BERT masking rate
+    config.data.holdout_every = 20  # mlm: every 20th window is the held-out eval split (5%)
+    # text_classification: CSV / TSV / JSONL files ('' train_file: the offline demo set).
+    config.data.train_file = ""
+    config.data.eval_file = ""  # '' holds out eval_fraction of train_file
+    config.data.text_column = "text"
+    config.data.label_column = "label"
+    config.data.file_format = ""  # '' from the extension; 'csv', 'tsv' or 'jsonl'
+    config.data.eval_fraction = 0.1  # text / image classification without an eval file / folder
+    # image_*: an image folder root/<class>/<image> ('' train_dir: scikit-learn's digits, offline).
+    config.data.train_dir = ""
+    config.data.eval_dir = ""  # '' holds out eval_fraction of train_dir
+    config.data.crop_area_min = 0.08  # random resized crop: smallest area fraction
+    config.data.randaugment_layers = 4
+    config.data.randaugment_magnitude = 5
+    config.data.mixup_alpha = 0.2  # 0: no MixUp
+    config.data.cutmix_alpha = 1.0  # 0: no CutMix
+    # optical_flow: 'synthetic' (offline) or a dataset in root.
+    config.data.dataset = "synthetic"  # 'synthetic', 'sintel', 'flyingchairs' or 'kitti'
+    config.data.root = ""  # optical_flow: the dataset folder; multimodal_autoencoding: a clip folder
+    config.data.render_pass = "clean"  # sintel: 'clean' or 'final'
+    config.data.frame_size = (368, 496)  # synthetic flow: frame size (at least model.train_size)
+    config.data.num_train_pairs = 4096  # synthetic flow
+    config.data.num_eval_pairs = 64
+    config.data.curriculum = (
+        (0, 1.0, 0.5),
+    )  # optical_flow: ((first step, augmentation strength, flip prob), ...)
+    config.data.num_report_pairs = 4  # optical_flow: eval pairs predicted at full frame size, with pictures
+    # multimodal_autoencoding ('' root: synthetic clips).
+    config.data.eval_root = ""  # '' = root
+    config.data.num_train_clips = 2048
+    config.data.num_eval_clips = 64
+    config.data.num_points = dict(image=512, audio=512)  # output points decoded per training step
+    config.data.loss_weights = dict(image=0.03, audio=1.0, label=1e-4)  # Perceiver IO, App. I
+    config.data.label_mask_prob = 0.5  # the label input is masked this often in training
+    config.data.num_report_clips = 4  # clips reconstructed at full resolution at each eval
 
     # Optimisation.
     config.global_batch_size = 256
@@ -43,7 +118,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.label_smoothing = 0.0
     config.seed = 0  # parameter init and dropout
 
-    # Fine-tuning: workdir of a pretraining run whose embeddings + encoder initialise this model.
+    # Fine-tuning: a trainer workdir, a Hugging Face folder or hub id whose preprocessor + encoder
+    # initialise this model (the decoder starts fresh).
     config.init_from = ""
 
     # Bookkeeping.
@@ -51,7 +127,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every = 1000
     config.num_eval_batches = -1  # -1: the whole held-out split
     config.checkpoint_every = 1000
-    config.max_checkpoints = 3
+    config.max_checkpoints = 3  # 0 keeps all
     config.async_checkpointing = True
     config.stop_after_step = 0  # > 0: checkpoint and exit after this step (time-limited jobs); rerun resumes
     config.export_hf = False  # write a Hugging Face folder to <workdir>/hf at the end

@@ -22,20 +22,18 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
     """deepmind/language-perceiver MLM pretraining."""
     config = default.get_config()
-    config.model = ml_collections.ConfigDict(
-        dict(
-            num_latents=256,
-            d_latents=1280,
-            d_model=768,
-            num_blocks=1,
-            num_self_attends_per_block=26,
-            num_self_attention_heads=8,
-            num_cross_attention_heads=8,
-            qk_channels=256,
-            v_channels=1280,
-            max_position_embeddings=2048,
-            attention_probs_dropout_prob=0.1,
-        )
+    config.model = default.model(
+        num_latents=256,
+        d_latents=1280,
+        d_model=768,
+        num_blocks=1,
+        num_self_attends_per_block=26,
+        num_self_attention_heads=8,
+        num_cross_attention_heads=8,
+        qk_channels=256,
+        v_channels=1280,
+        max_position_embeddings=2048,
+        attention_probs_dropout_prob=0.1,
     )
     config.dtype = "bfloat16"
     config.remat = "dots"

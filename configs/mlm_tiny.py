@@ -18,18 +18,16 @@ SEQ_LEN = 32
 def get_config() -> ml_collections.ConfigDict:
     """Tiny byte MLM (32-byte windows, 32 latents of width 128, 2 self-attention layers) on pydoc_data.topics."""
     config = default.get_config()
-    config.model = ml_collections.ConfigDict(
-        dict(
-            num_latents=32,
-            d_latents=128,
-            d_model=64,
-            num_self_attends_per_block=2,
-            num_self_attention_heads=8,
-            num_cross_attention_heads=8,
-            max_position_embeddings=SEQ_LEN,
-            attention_probs_dropout_prob=0.0,
-            initializer_range=0.1,
-        )
+    config.model = default.model(
+        num_latents=32,
+        d_latents=128,
+        d_model=64,
+        num_self_attends_per_block=2,
+        num_self_attention_heads=8,
+        num_cross_attention_heads=8,
+        max_position_embeddings=SEQ_LEN,
+        attention_probs_dropout_prob=0.0,
+        initializer_range=0.1,
     )
     config.mesh.fsdp = 1
     config.data.seq_len = SEQ_LEN

@@ -11,6 +11,7 @@ them when `output_hidden_states` / `output_attentions` ask for more. Inference i
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -506,10 +507,11 @@ class PerceiverForMultimodalAutoencoding(PerceiverHead):
     (HF requires subsampled points; see `perceiver_jax.multimodal` for the position convention).
 
     Attributes:
-      chunk_size: decode at most this many queries at a time (None: all at once). Decoding every point of
-        the full-size model is 804,737 queries; chunks bound the attention memory (the queries and outputs
-        of all points remain: about 8 GiB of temporaries at batch 1). HF's chunks of 6,272 video + 240
-        audio points fit in one.
+      chunk_size: video points decoded at a time (None: all at once). Decoding every point (no subsampled
+        points) is streamed: `chunk_size` video points and the matching share of the audio tokens per
+        chunk, each chunk built, decoded and postprocessed before the next, so memory does not grow with the
+        output size (the full-size model decodes 804,737 points). HF's chunks of 6,272 video + 240 audio
+        points fit in one.
     """
 
     _: dataclasses.KW_ONLY
@@ -678,16 +680,58 @@ class PerceiverForMultimodalAutoencoding(PerceiverHead):
           {'audio': (B, O_audio * S), 'image': (B, O_image, C_out), 'label': (B, num_labels)}, float32.
         """
         self._check_inputs(inputs)
-        output = self.perceiver(
-            inputs,
-            attention_mask=attention_mask,
-            subsampled_output_points=subsampled_output_points,
-            deterministic=deterministic,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-        )
+        stream = subsampled_output_points is None and self.chunk_size is not None and not output_attentions
+        if stream and not self.is_initializing():
+            encoded = self.perceiver.encode(
+                inputs,
+                attention_mask=attention_mask,
+                deterministic=deterministic,
+                output_hidden_states=output_hidden_states,
+            )
+            output = encoded.output.replace(logits=self._reconstruct(encoded, deterministic))
+        else:
+            output = self.perceiver(
+                inputs,
+                attention_mask=attention_mask,
+                subsampled_output_points=subsampled_output_points,
+                deterministic=deterministic,
+                output_hidden_states=output_hidden_states,
+                output_attentions=output_attentions,
+            )
         logits = {name: value.astype(jnp.float32) for name, value in output.logits.items()}
         return self._result(output, logits, output_hidden_states, output_attentions)
+
+    def _reconstruct(self, encoded, deterministic: bool) -> dict[str, jax.Array]:
+        """Every output point, decoded `chunk_size` video points (and the matching share of the audio
+        tokens) at a time in a `lax.map`, each chunk postprocessed before the next: memory stays that of one
+        chunk whatever the output size, but for the final outputs. Equal to decoding all points at once
+        (`perceiver_jax.multimodal`: decoding all points is decoding any partition of them)."""
+        cfg = self.config
+        num_video = math.prod(cfg.output_shape[1:])
+        num_audio = cfg.num_frames * cfg.audio_samples_per_frame // cfg.samples_per_patch
+        num_chunks = -(-num_video // self.chunk_size)
+        per_chunk = {"image": self.chunk_size, "audio": -(-num_audio // num_chunks)}
+        sizes = {"image": num_video, "audio": num_audio}
+
+        def chunk(i):  # the last chunk repeats the last point; the copies are cut below
+            points = {
+                name: jnp.minimum(i * count + jnp.arange(count), sizes[name] - 1)
+                for name, count in per_chunk.items()
+            }
+            output = self.perceiver.decode(encoded, subsampled_output_points=points, deterministic=deterministic)
+            return output.logits
+
+        chunks = jax.lax.map(chunk, jnp.arange(num_chunks))  # {name: (num_chunks, B, ...)}
+
+        def joined(x, length):  # (num_chunks, B, n, ...) -> (B, length, ...)
+            x = jnp.moveaxis(x, 0, 1)
+            return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :length]
+
+        return {
+            "image": joined(chunks["image"], num_video),
+            "audio": joined(chunks["audio"], num_audio * cfg.samples_per_patch),
+            "label": chunks["label"][0],
+        }
 
 
 # HF architecture name -> head class.

@@ -82,8 +82,14 @@ class TextPreprocessor(Preprocessor, kw_only=True):
     ):
         """`inputs` int `(B, T)` -> (`(B, T, C)`, None, embeddings without positions `(B, T, C)`)."""
         no_interpolation(self, interpolate_pos_encoding)
-        embeddings = constrain(self.embeddings(inputs), BATCH, LENGTH, ACT_EMBED)
-        positions = self.position_embeddings(jnp.arange(inputs.shape[1]))
+
+        def lookup(table, ids):
+            # The tables are small (262 bytes x d_model): gathered whole under a mesh (not split over the
+            # vocabulary / fsdp as stored), so the lookup is local and its output split with the batch.
+            return jnp.take(constrain(table, None, None), ids, axis=0).astype(self.settings.dtype)
+
+        embeddings = constrain(lookup(self.embeddings.embedding, inputs), BATCH, LENGTH, ACT_EMBED)
+        positions = lookup(self.position_embeddings.embedding, jnp.arange(inputs.shape[1]))
         return embeddings + positions[None], None, embeddings
 
 

@@ -1,4 +1,4 @@
-"""Tests for `train.augment`: DeepMind's crop / flip / RandAugment on the host, MixUp / CutMix on device."""
+"""Tests for `train.data.augment`: DeepMind's crop / flip / RandAugment on the host, MixUp / CutMix on device."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import skimage.data
 from PIL import Image
 
 from perceiver_jax.image_processing import IMAGENET_MEAN, IMAGENET_STD, preprocess_images
-from train import augment
+from train.data import augment
 
 # The op list of DeepMind's `distort_image_with_randaugment` (perceiver/train/autoaugment.py), in order.
 DEEPMIND_OPS = [

@@ -1,4 +1,4 @@
-"""Tests of `train.flow_data`: file formats byte by byte, dataset layouts, exact synthetic flow, transforms,
+"""Tests of `train.data.flow`: file formats byte by byte, dataset layouts, exact synthetic flow, transforms,
 metrics and the flow panel."""
 
 import os
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from perceiver_jax.flow import flow_to_color, normalize_frames
-from train.flow_data import (
+from train.data.flow import (
     PANEL_GAP,
     Affine,
     FlowEvalTransform,

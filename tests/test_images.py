@@ -1,4 +1,4 @@
-"""Tests for `train.images`: image-folder and digits sources, splits, decoding, train / eval transforms."""
+"""Tests for `train.data.images`: image-folder and digits sources, splits, decoding, train / eval transforms."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from perceiver_jax.image_processing import preprocess_images
-from train import augment, images
+from train.data import augment, images
 
 RGB = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
 COLUMNS, ROWS = np.meshgrid(np.arange(24) * 10, np.arange(20) * 12)

@@ -1,4 +1,4 @@
-"""Tests of users' labelled text files (`train.labelled_text`): readers, labels, splits, errors, examples."""
+"""Tests of users' labelled text files (`train.data.labelled_text`): readers, labels, splits, errors, examples."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from perceiver_jax import PerceiverTokenizer
-from train import labelled_text as lt
+from train.data import labelled_text as lt
 
 
 def write(path: Path, content: str | bytes) -> str:

@@ -14,7 +14,7 @@ import pytest
 
 from perceiver_jax.config import PerceiverConfig
 from perceiver_jax.heads import PerceiverForMultimodalAutoencoding
-from train.multimodal_data import (
+from train.data.multimodal import (
     ClipSpec,
     ClipTransform,
     SyntheticClips,

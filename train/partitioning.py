@@ -1,100 +1,108 @@
 """The device mesh ('data', 'fsdp', 'tensor') and the shardings of the train state and of batches.
 
-Parameters carry logical axis names (`perceiver_jax.sharding`); `DEFAULT_RULES` map them onto the mesh.
-A parameter dimension that its mesh axes do not divide is replicated instead (and logged), so any mesh
-shape can hold any model.
+Parameters and activations carry logical axis names (`perceiver_jax.sharding`); `config.sharding_rules`
+(default `perceiver_jax.sharding.DEFAULT_RULES`) map them onto the mesh. A dimension that its mesh axes
+do not divide is replicated instead (and logged), so any mesh shape can hold any model.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from perceiver_jax.sharding import BATCH, DEFAULT_RULES
+from perceiver_jax.sharding import BATCH, Rules, fit_spec, mesh_size
 
 MESH_AXES = ("data", "fsdp", "tensor")
 log = logging.getLogger("train")
 
 
-def make_mesh(data: int, fsdp: int, tensor: int) -> jax.sharding.Mesh:
-    """A mesh of shape (data, fsdp, tensor) with Auto axis types; one size may be -1 (all remaining
-    devices). Uses the first data*fsdp*tensor devices; raises ValueError if there are not enough."""
+def mesh_sizes(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
+    """The mesh shape for `num_devices`: the given sizes, one of which may be -1 (all remaining
+    devices). Raises ValueError for impossible sizes."""
     sizes = [data, fsdp, tensor]
     if any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
         raise ValueError(
             f"config.mesh sizes must be positive, with at most one -1; got {dict(zip(MESH_AXES, sizes))}."
         )
-    count = jax.device_count()
     if -1 in sizes:
         known = -math.prod(sizes)
-        if count % known:
+        if num_devices % known:
             raise ValueError(
-                f"config.mesh {dict(zip(MESH_AXES, sizes))}: {count} devices are not a multiple of {known}."
+                f"config.mesh {dict(zip(MESH_AXES, sizes))}: {num_devices} devices are not a multiple of {known}."
             )
-        sizes[sizes.index(-1)] = count // known
-    needed = math.prod(sizes)
-    if needed > count:
+        sizes[sizes.index(-1)] = num_devices // known
+    if math.prod(sizes) > num_devices:
         raise ValueError(
-            f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {needed} devices, but only {count} are available."
+            f"config.mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, but only "
+            f"{num_devices} are available."
         )
-    if jax.process_count() > 1 and needed != count:
-        raise ValueError(f"with several processes the mesh must use all {count} devices, not {needed}.")
+    return tuple(sizes)
+
+
+def make_mesh(data: int, fsdp: int, tensor: int, devices: Sequence[Any] | None = None) -> jax.sharding.Mesh:
+    """A mesh of shape (data, fsdp, tensor) with Auto axis types (one size may be -1) over the first
+    data * fsdp * tensor of `devices` (default: `jax.devices()`; TPU topology devices for AOT)."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = mesh_sizes(data, fsdp, tensor, len(devices))
+    needed = math.prod(sizes)
+    if jax.process_count() > 1 and needed != len(devices):
+        raise ValueError(
+            f"with several processes the mesh must use all {len(devices)} devices, not {needed}."
+        )
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=auto, devices=jax.devices()[:needed])
+    return jax.make_mesh(sizes, MESH_AXES, axis_types=auto, devices=devices[:needed])
 
 
-def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+def as_rules(rules: Sequence[Sequence[Any]]) -> Rules:
+    """`config.sharding_rules` (pairs of a logical name and a mesh axis, a tuple of mesh axes or None) as
+    the tuple of tuples flax takes; raises ValueError naming a malformed rule or an unknown mesh axis."""
+    fixed = []
+    for rule in rules:
+        if len(rule) != 2 or not isinstance(rule[0], str):
+            raise ValueError(
+                f"config.sharding_rules entries must be (logical name, mesh axes); got {rule!r}."
+            )
+        name, axes = rule
+        axes = tuple(axes) if isinstance(axes, (list, tuple)) else axes
+        unknown = [a for a in ((axes,) if isinstance(axes, str) else axes or ()) if a not in MESH_AXES]
+        if unknown:
+            raise ValueError(
+                f"config.sharding_rules: {name!r} maps to {unknown}, not mesh axes of {MESH_AXES}."
+            )
+        fixed.append((name, axes))
+    return tuple(fixed)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh, rules: Rules) -> NamedSharding:
     """Leading (batch) dimension split over the mesh axes the 'batch' rule names, the rest replicated."""
-    return NamedSharding(mesh, nn.logical_to_mesh_axes((BATCH,), DEFAULT_RULES))
+    return NamedSharding(mesh, nn.logical_to_mesh_axes((BATCH,), rules))
 
 
-def _size(mesh: jax.sharding.Mesh, axes: str | tuple[str, ...] | None) -> int:
-    """Number of devices along mesh axes `axes` (a PartitionSpec entry)."""
-    return math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ()))
-
-
-def batch_shards(mesh: jax.sharding.Mesh) -> int:
+def batch_shards(mesh: jax.sharding.Mesh, rules: Rules) -> int:
     """How many ways a batch is split (data * fsdp with the default rules)."""
-    return _size(mesh, batch_sharding(mesh).spec[0])
+    return mesh_size(dict(mesh.shape), batch_sharding(mesh, rules).spec[0])
 
 
-def _fit(names: tuple, shape: tuple[int, ...], mesh: jax.sharding.Mesh, notes: set[str]) -> PartitionSpec:
-    """The mesh spec of logical `names` under `DEFAULT_RULES`, with every entry that is not made of mesh axes
-    or whose mesh size does not divide its dimension replaced by None (replicated, and noted)."""
-    spec = nn.logical_to_mesh_axes(names, DEFAULT_RULES)
-    fitted = []
-    for i, (dim, axes) in enumerate(zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)))):
-        where = f"parameters {names} of shape {shape}: dimension {i} ({dim})"
-        named = (axes,) if isinstance(axes, str) else axes if isinstance(axes, tuple) else (None,)
-        if axes is not None and not set(named) <= set(mesh.axis_names):
-            notes.add(
-                f"{where} has logical name {names[i]!r}, which is no axis name; that dimension is replicated"
-            )
-            axes = None
-        elif dim % _size(mesh, axes):
-            notes.add(
-                f"{where} is not divisible by mesh axes {axes} (size {_size(mesh, axes)}); it is replicated"
-            )
-            axes = None
-        fitted.append(axes)
-    return PartitionSpec(*fitted)
-
-
-def state_shardings(abstract: Any, mesh: jax.sharding.Mesh) -> Any:
+def state_shardings(abstract: Any, mesh: jax.sharding.Mesh, rules: Rules) -> Any:
     """Shardings of a state whose parameter leaves are `nn.Partitioned` boxes (e.g. `jax.eval_shape` of an
     init returning boxed params and optimiser state): a box becomes the `NamedSharding` of its logical names
-    under `DEFAULT_RULES` (its value's place in the unboxed tree), any other leaf is replicated."""
+    under `rules` (its value's place in the unboxed tree), any other leaf is replicated."""
     notes: set[str] = set()
 
     def sharding(leaf):
         if not isinstance(leaf, nn.Partitioned):
             return NamedSharding(mesh, PartitionSpec())
-        return NamedSharding(mesh, _fit(leaf.names, leaf.value.shape, mesh, notes))
+        spec, replaced = fit_spec(leaf.names, leaf.value.shape, dict(mesh.shape), rules)
+        notes.update(
+            f"parameters {leaf.names} of shape {leaf.value.shape}: {note}; it is replicated"
+            for note in replaced
+        )
+        return NamedSharding(mesh, spec)
 
     shardings = jax.tree.map(sharding, abstract, is_leaf=lambda x: isinstance(x, nn.Partitioned))
     for note in sorted(notes):

@@ -54,8 +54,8 @@ class MetricsWriter:
             self.tensorboard.close()
 
 
-def plot_curves(workdir: str, accuracy_name: str, baseline_name: str) -> str:
-    """Draws train/eval loss and eval accuracy (with the baseline) from `metrics.jsonl` into
+def plot_curves(workdir: str, headline: str, headline_name: str, baseline_name: str) -> str:
+    """Draws train/eval loss and the eval `headline` metric (with the baseline) from `metrics.jsonl` into
     `workdir/loss_curve.png`; returns its path."""
     records = read_metrics(workdir)
 
@@ -67,14 +67,14 @@ def plot_curves(workdir: str, accuracy_name: str, baseline_name: str) -> str:
         points = list(series(split, "loss"))
         if points:
             left.plot(*points, marker="o" if split == "eval" else None, label=f"{split} loss")
-    left.set(xlabel="step", ylabel="cross-entropy", title="loss")
+    left.set(xlabel="step", ylabel="loss", title="loss")
     left.legend()
-    points = list(series("eval", "accuracy"))
+    points = list(series("eval", headline))
     if points:
-        right.plot(*points, marker="o", label=accuracy_name)
+        right.plot(*points, marker="o", label=headline_name)
         right.plot(*series("eval", "baseline"), linestyle="--", label=baseline_name)
         right.legend()
-    right.set(xlabel="step", ylabel="accuracy", title="eval accuracy")
+    right.set(xlabel="step", ylabel=headline_name, title=f"eval {headline_name}")
     fig.tight_layout()
     path = os.path.join(workdir, "loss_curve.png")
     fig.savefig(path, dpi=100)
@@ -89,16 +89,19 @@ def write_summary(workdir: str, summary: dict) -> None:
     timing = (
         f"{summary['seconds']:.0f}s, first step incl. compilation {summary['first_step_seconds'] or 0:.1f}s"
     )
+    if summary["steps_per_second"]:
+        timing += f", then {summary['steps_per_second']:.2f} steps/s"
     if summary["step"] < summary["num_train_steps"]:
         print(
             f"\n{summary['task']}: stopped after step {summary['step']} of {summary['num_train_steps']} ({timing}); "
             "rerun with the same --workdir to resume."
         )
         return
+    headline = summary["headline"]
     print(
         f"\n{summary['task']}: {summary['step']} steps ({timing})\n"
         f"  eval loss {summary['eval_loss']:.4f}\n"
-        f"  {summary['accuracy_name']} {summary['eval_accuracy']:.4f} vs {summary['baseline_name']} "
+        f"  {summary['headline_name']} {summary[f'eval_{headline}']:.4f} vs {summary['baseline_name']} "
         f"{summary['eval_baseline']:.4f}\n"
         f"  loss curve: {summary['loss_curve']}"
     )

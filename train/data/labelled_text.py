@@ -35,7 +35,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from train import data
+from train.data import text as data
 
 Record = tuple[bytes, int]
 FORMATS = ("csv", "tsv", "jsonl")

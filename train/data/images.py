@@ -16,7 +16,7 @@ root's location or the order of listing.
 
 Transforms turn a record into an example `{'inputs': float32 (H, W, 3), 'targets': int32 (),
 'weights': float32 ()}`: `ImageTrainTransform(record, rng)` (decode, random resized crop, flip,
-RandAugment, normalise; see `train.augment` for DeepMind's recipe) and `ImageEvalTransform(record)` (Hugging
+RandAugment, normalise; see `train.data.augment` for DeepMind's recipe) and `ImageEvalTransform(record)` (Hugging
 Face's centre crop). With `image_size=None` both keep every image at its own size (no crop, no resize),
 which needs all images of one size: check with `native_image_size(train, eval)` first.
 """
@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from train import augment
+from train.data import augment
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 DIGITS_EVAL_FRACTION = 0.2
@@ -327,7 +327,8 @@ class ImageEvalTransform:
         self.image_size = image_size
         self.crop_size = crop_size
 
-    def __call__(self, record: ImageRecord) -> Example:
+    def __call__(self, record: ImageRecord, rng: np.random.Generator | None = None) -> Example:
+        del rng  # deterministic
         image = load_image(record)
         if self.image_size is None:
             return _example(augment.normalize(image), record.label)

@@ -860,7 +860,8 @@ class FlowEvalTransform:
     def __init__(self, crop_size: Sequence[int] | None = None):
         self.crop_size = None if crop_size is None else _check_crop_size(crop_size)
 
-    def __call__(self, record: FlowFiles | FlowPair) -> Example:
+    def __call__(self, record: FlowFiles | FlowPair, rng: np.random.Generator | None = None) -> Example:
+        del rng  # deterministic
         pair = as_flow_pair(record)
         if self.crop_size is not None:
             max_top, max_left = _crop_origin_range(pair, self.crop_size, record)
