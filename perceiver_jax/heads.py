@@ -718,7 +718,9 @@ class PerceiverForMultimodalAutoencoding(PerceiverHead):
                 name: jnp.minimum(i * count + jnp.arange(count), sizes[name] - 1)
                 for name, count in per_chunk.items()
             }
-            output = self.perceiver.decode(encoded, subsampled_output_points=points, deterministic=deterministic)
+            output = self.perceiver.decode(
+                encoded, subsampled_output_points=points, deterministic=deterministic
+            )
             return output.logits
 
         chunks = jax.lax.map(chunk, jnp.arange(num_chunks))  # {name: (num_chunks, B, ...)}

@@ -107,7 +107,10 @@ class PerceiverModel(nn.Module, kw_only=True):
             inputs, modality_sizes, encoded.inputs_without_pos, subsampled_points=subsampled_output_points
         )
         outputs, probs = self.decoder(
-            query, encoded.output.last_hidden_state, deterministic=deterministic, output_attentions=output_attentions
+            query,
+            encoded.output.last_hidden_state,
+            deterministic=deterministic,
+            output_attentions=output_attentions,
         )
         if self.output_postprocessor is not None:
             outputs = self.output_postprocessor(outputs, modality_sizes=output_sizes or modality_sizes)

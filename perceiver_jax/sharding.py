@@ -36,7 +36,8 @@ LATENTS = "latents"  # the N latent vectors
 POSITIONS = "positions"  # rows of a learned position table or decoder queries
 CLASSES = "classes"  # classifier outputs
 LAYERS = "layers"  # stacked (scanned) layers
-CONV_SPATIAL = "conv_spatial"  # convolution kernel height / width
+CONV_HEIGHT = "conv_height"  # convolution kernel height
+CONV_WIDTH = "conv_width"  # convolution kernel width
 
 # Logical names of activation dimensions.
 BATCH = "batch"
@@ -63,7 +64,8 @@ DEFAULT_RULES: Rules = (
     (POSITIONS, None),
     (CLASSES, None),
     (LAYERS, None),
-    (CONV_SPATIAL, None),
+    (CONV_HEIGHT, None),
+    (CONV_WIDTH, None),
 )
 
 

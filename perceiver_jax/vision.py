@@ -18,7 +18,16 @@ from perceiver_jax.image_processing import interpolate_position_table
 from perceiver_jax.position_encoding import PositionEncoding, linear_positions
 from perceiver_jax.preprocessors import Preprocessor
 from perceiver_jax.settings import Settings
-from perceiver_jax.sharding import ACT_EMBED, BATCH, CONV_SPATIAL, EMBED, LENGTH, constrain, partitioned
+from perceiver_jax.sharding import (
+    ACT_EMBED,
+    BATCH,
+    CONV_HEIGHT,
+    CONV_WIDTH,
+    EMBED,
+    LENGTH,
+    constrain,
+    partitioned,
+)
 
 PREP_TYPES = ("conv", "conv1x1", "patches", "pixels")
 
@@ -159,7 +168,7 @@ class Conv2DDownsample(nn.Module, kw_only=True):
             dtype=self.settings.dtype,
             param_dtype=self.settings.param_dtype,
             kernel_init=partitioned(
-                jax.nn.initializers.normal(self.init_std), CONV_SPATIAL, CONV_SPATIAL, None, EMBED
+                jax.nn.initializers.normal(self.init_std), CONV_HEIGHT, CONV_WIDTH, None, EMBED
             ),
             name="conv",
         )(x)
@@ -266,7 +275,7 @@ class ImagePreprocessor(Preprocessor, kw_only=True):
                 dtype=self.settings.dtype,
                 param_dtype=self.settings.param_dtype,
                 kernel_init=partitioned(
-                    jax.nn.initializers.normal(self.init_std), CONV_SPATIAL, CONV_SPATIAL, None, EMBED
+                    jax.nn.initializers.normal(self.init_std), CONV_HEIGHT, CONV_WIDTH, None, EMBED
                 ),
                 bias_init=partitioned(jax.nn.initializers.zeros, EMBED),
                 name="convnet_1x1",

@@ -113,8 +113,9 @@ def build(
         params = variables.pop("params")
         return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), variables, dropout_rng)
 
+    key = jax.random.key(config.seed)  # made outside the mesh: its devices may be abstract (AOT)
     with context(mesh, rules):
-        boxed = jax.eval_shape(init, jax.random.key(config.seed))
+        boxed = jax.eval_shape(init, key)
     state_shardings = partitioning.state_shardings(boxed, mesh, rules)
     abstract_state = jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.unbox(boxed), state_shardings

@@ -488,8 +488,10 @@ def mix_batch(
 
 
 def topk_correct(logits: jax.Array, targets: jax.Array, k: int) -> jax.Array:
-    """Whether each target is among its row's `k` largest logits (`jax.lax.top_k`; ties go to the lower
-    class id, so constant logits do not count as correct everywhere).
+    """Whether each target is among its row's `k` largest logits (ties go to the lower class id, as
+    `jax.lax.top_k` orders them, so constant logits do not count as correct everywhere). Computed as the
+    target's rank with elementwise ops, which stay local to each example under a batch-sharded mesh
+    (`top_k` would gather the batch).
 
     Args:
       logits: (B, K) float.
@@ -503,5 +505,7 @@ def topk_correct(logits: jax.Array, targets: jax.Array, k: int) -> jax.Array:
         raise ValueError(f"Expected logits (B, K) and targets (B,), got {logits.shape} and {targets.shape}.")
     if not 1 <= k <= logits.shape[1]:
         raise ValueError(f"k must be in [1, {logits.shape[1]}] (the number of classes), got {k}.")
-    _, top = jax.lax.top_k(logits, k)
-    return jnp.any(top == targets[:, None], axis=-1).astype(jnp.float32)
+    target = jnp.take_along_axis(logits, targets[:, None], axis=-1)
+    classes = jnp.arange(logits.shape[1])
+    ahead = (logits > target) | ((logits == target) & (classes < targets[:, None]))
+    return (jnp.sum(ahead, axis=-1) < k).astype(jnp.float32)
