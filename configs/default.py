@@ -52,6 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.dtype = "float32"  # compute dtype, 'float32' or 'bfloat16' (parameters stay float32)
     config.remat = "none"  # rematerialise encoder layers: 'none', 'full' or 'dots'
     config.attention_implementation = "xla"  # 'cudnn': flash attention on NVIDIA GPUs (without dropout)
+    config.unroll_layers = False  # unroll the layer loops (train.aot does, for the compiler's cost estimate)
 
     # Mesh axes sizes; -1 takes the remaining devices. The rules map the modules' logical axis names onto
     # them: batch over data x fsdp, parameters over fsdp (and tensor for heads / MLP / vocabulary).

@@ -84,6 +84,7 @@ class PerceiverEncoder(nn.Module, kw_only=True):
             split_rngs={"params": True, "dropout": True},
             length=cfg.num_self_attends_per_block,
             metadata_params={nn.PARTITION_NAME: LAYERS},
+            unroll=self.settings.unroll_layers or 1,
         )
 
         def block_step(layer, z, _):
@@ -95,6 +96,7 @@ class PerceiverEncoder(nn.Module, kw_only=True):
             variable_broadcast="params",
             split_rngs={"params": False, "dropout": True},
             length=cfg.num_blocks,
+            unroll=self.settings.unroll_layers or 1,
         )
         layer = SelfAttention(
             num_heads=cfg.num_self_attention_heads,

@@ -53,12 +53,15 @@ class Settings:
       param_dtype: dtype parameters are created and stored in.
       attention_implementation: one of `ATTENTION_IMPLEMENTATIONS`.
       remat: a key of `REMAT_POLICIES`, applied to each encoder self-attention layer.
+      unroll_layers: unroll the encoder's layer and block loops into straight-line code (compile time
+        grows with depth; XLA's cost analysis, which counts a loop body once, then sees every layer).
     """
 
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     attention_implementation: str = "xla"
     remat: str = "none"
+    unroll_layers: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype, "Settings.dtype"))

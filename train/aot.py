@@ -16,6 +16,8 @@ import os
 import re
 import sys
 
+# Compiling needs no TPU, so several processes may load libtpu at once (tests, parallel compiles).
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 # Fake CPU devices must be requested before jax starts.
 _CPU = re.search(r"--topology[= ]cpu:(\d+)", " ".join(sys.argv))
 if _CPU and __name__ == "__main__":
@@ -38,12 +40,21 @@ from train import build, partitioning  # noqa: E402
 from train.tasks import get_task  # noqa: E402
 
 GIB = 2**30
-# Per chip: HBM bytes and peak bf16 FLOP/s (Google Cloud TPU documentation).
+# Per device: HBM bytes, peak bf16 FLOP/s, HBM bytes/s and ICI bytes/s (Google Cloud TPU documentation).
+# v4 topologies come one device per TensorCore (two per chip), so a v4 device is half a chip.
 CHIPS = {
-    "TPU v4": (32 * GIB, 275e12),
-    "TPU v5 lite": (16 * GIB, 197e12),
-    "TPU v5": (95 * GIB, 459e12),
-    "TPU v6 lite": (32 * GIB, 918e12),
+    "TPU v4": (16 * GIB, 137.5e12, 614e9, 150e9),
+    "TPU v5 lite": (16 * GIB, 197e12, 819e9, 200e9),
+    "TPU v5": (95 * GIB, 459e12, 2765e9, 600e9),
+    "TPU v6 lite": (32 * GIB, 918e12, 1640e9, 448e9),
+}
+# Bytes a collective moves per device, per byte of its result (ring algorithms).
+_TRAFFIC = {
+    "all-reduce": 2.0,
+    "all-gather": 1.0,
+    "reduce-scatter": 1.0,
+    "all-to-all": 1.0,
+    "collective-permute": 1.0,
 }
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _DTYPE_BYTES = {
@@ -63,7 +74,7 @@ _DTYPE_BYTES.update({"f64": 8, "s64": 8, "u64": 8})
 
 @dataclasses.dataclass
 class Report:
-    """What one compilation says, per chip (bytes, FLOPs, seconds)."""
+    """What one compilation says, per device (bytes, FLOPs, seconds)."""
 
     topology: str
     chip: str
@@ -75,8 +86,9 @@ class Report:
     alias_bytes: int
     hbm_bytes: int | None
     flops: float
-    estimated_seconds: float | None
-    peak_flops: float | None
+    bytes_accessed: float
+    compiler_seconds: float | None
+    chip_specs: tuple[float, float, float] | None  # peak FLOP/s, HBM bytes/s, ICI bytes/s
     collectives: dict[str, dict[str, float]]
 
     @property
@@ -90,11 +102,27 @@ class Report:
         return None if self.hbm_bytes is None else self.total_bytes <= self.hbm_bytes
 
     @property
-    def mfu_bound(self) -> float | None:
-        """FLOPs / (estimated seconds x peak FLOP/s): the utilisation the compiler's estimate implies."""
-        if not self.estimated_seconds or not self.peak_flops:
+    def roofline_seconds(self) -> float | None:
+        """A lower bound on the step time from the compiler's counts: the longest of the FLOPs at peak,
+        the bytes accessed at HBM bandwidth and the collectives' traffic at ICI bandwidth."""
+        if self.chip_specs is None:
             return None
-        return self.flops / (self.estimated_seconds * self.peak_flops)
+        peak, hbm, ici = self.chip_specs
+        traffic = sum(_TRAFFIC[kind] * entry["bytes"] for kind, entry in self.collectives.items())
+        return max(self.flops / peak, self.bytes_accessed / hbm, traffic / ici)
+
+    @property
+    def estimated_seconds(self) -> float | None:
+        """The compiler's estimate where its cost model gives one (v5e here), else the roofline bound."""
+        return self.compiler_seconds or self.roofline_seconds
+
+    @property
+    def mfu_bound(self) -> float | None:
+        """FLOPs / (estimated seconds x peak FLOP/s): the utilisation the estimate implies (with remat, the
+        recomputed FLOPs count too)."""
+        if not self.estimated_seconds or self.chip_specs is None:
+            return None
+        return self.flops / (self.estimated_seconds * self.chip_specs[0])
 
 
 class DoesNotFit(Exception):
@@ -144,20 +172,17 @@ def _collectives(hlo: str) -> dict[str, dict[str, float]]:
     return found
 
 
-def compile_step(config: ml_collections.ConfigDict, topology: str) -> tuple[Report, str]:
-    """Compiles the trainer's train step of `config` for `topology`; returns its `Report` and the compiled
-    HLO text. Raises `DoesNotFit` when the compiler runs out of the chip's memory."""
-    devices = devices_of(topology)
+def _compile(config: ml_collections.ConfigDict, devices: list[Any]) -> tuple[Any, jax.sharding.Mesh]:
+    """The compiled train step of `config` on a mesh of `devices`; raises `DoesNotFit` when the compiler
+    runs out of the chip's memory."""
     task = get_task(config.task)
     model_config = build.model_config_of(config)
     mesh = partitioning.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor, devices=devices)
     run = build.build(config, task, model_config, mesh)
-    chip = devices[0].device_kind
-    hbm, peak = CHIPS.get(chip, (None, None))
     with run.context():
         lowered = run.train_step.lower(run.abstract_state, run.abstract_batch)
         try:
-            compiled = lowered.compile()
+            return lowered.compile(), mesh
         except Exception as e:
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
@@ -167,9 +192,35 @@ def compile_step(config: ml_collections.ConfigDict, topology: str) -> tuple[Repo
                 f"{needed[1] if needed else 'more than the chip has'}B of temporaries needed, "
                 f"{available[1] if available else '?'}B available per chip"
             ) from e
-    memory, cost = compiled.memory_analysis(), compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    hlo = compiled.as_text()
+
+
+def _cost(compiled: Any) -> dict[str, float]:
+    cost = compiled.cost_analysis()
+    return cost[0] if isinstance(cost, list) else cost
+
+
+def compile_step(
+    config: ml_collections.ConfigDict, topology: str, estimate: bool = True
+) -> tuple[Report, str]:
+    """Compiles the trainer's train step of `config` for `topology`; returns its `Report` and the compiled
+    HLO text. Raises `DoesNotFit` when the compiler runs out of the chip's memory.
+
+    Memory is that of the program as configured. XLA's cost analysis counts a loop's
+    body once (and gives no time for nested loops), so with `estimate` the FLOPs, bytes, step time and
+    collectives come from a second compilation with the layer and accumulation loops unrolled
+    (`config.unroll_layers`: the same computation in straight-line code).
+    """
+    devices = devices_of(topology)
+    compiled, mesh = _compile(config, devices)
+    costed = compiled
+    if estimate and not config.unroll_layers:
+        unrolled = config.copy_and_resolve_references()
+        unrolled.unroll_layers = True
+        costed = _compile(unrolled, devices)[0]
+    cost, memory, hlo = _cost(costed), compiled.memory_analysis(), compiled.as_text()
+    chip = devices[0].device_kind
+    hbm, *specs = CHIPS.get(chip, (None,))
+    seconds = cost.get("optimal_seconds")
     report = Report(
         topology=topology,
         chip=chip,
@@ -181,9 +232,10 @@ def compile_step(config: ml_collections.ConfigDict, topology: str) -> tuple[Repo
         alias_bytes=memory.alias_size_in_bytes,
         hbm_bytes=hbm,
         flops=float(cost.get("flops", 0.0)),
-        estimated_seconds=cost.get("optimal_seconds"),
-        peak_flops=peak,
-        collectives=_collectives(hlo),
+        bytes_accessed=float(cost.get("bytes accessed", 0.0)),
+        compiler_seconds=seconds if seconds and seconds > 0 else None,
+        chip_specs=tuple(specs) if specs else None,
+        collectives=_collectives(costed.as_text()),
     )
     return report, hlo
 
@@ -202,8 +254,13 @@ def describe(report: Report) -> str:
         f"{hbm} HBM" + ("" if report.fits is None else (" - fits" if report.fits else " - DOES NOT FIT")),
         f"  FLOPs per chip per step {report.flops:.3e}",
     ]
-    if report.estimated_seconds:
-        lines.append(f"  compiler's estimated step time {report.estimated_seconds * 1e3:.2f} ms")
+    if report.compiler_seconds:
+        lines.append(f"  compiler's estimated step time {report.compiler_seconds * 1e3:.2f} ms")
+    elif report.roofline_seconds:
+        lines.append(
+            f"  estimated step time {report.roofline_seconds * 1e3:.2f} ms (roofline of the compiler's FLOPs, "
+            "bytes and collectives: its cost model gives no time for this chip)"
+        )
     if report.mfu_bound is not None:
         lines.append(
             f"  MFU bound {100 * report.mfu_bound:.1f}% (FLOPs / (estimated time x peak bf16 FLOP/s))"

@@ -66,9 +66,12 @@ def context(mesh: jax.sharding.Mesh, rules: Rules):
 
 
 def settings_of(config: ml_collections.ConfigDict) -> Settings:
-    """The model's `Settings` from `config.dtype`, `remat`, `attention_implementation`."""
+    """The model's `Settings` from `config.dtype`, `remat`, `attention_implementation`, `unroll_layers`."""
     return Settings(
-        dtype=config.dtype, remat=config.remat, attention_implementation=config.attention_implementation
+        dtype=config.dtype,
+        remat=config.remat,
+        attention_implementation=config.attention_implementation,
+        unroll_layers=config.unroll_layers,
     )
 
 

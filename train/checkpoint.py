@@ -133,7 +133,8 @@ class Checkpointer:
         if problems:
             raise ValueError(
                 f"the checkpoint at step {step} in {self.directory} was written for a different model, task or "
-                "optimiser setting; use a new --workdir or the same config. Differences:\n  " + "\n  ".join(problems)
+                "optimiser setting; use a new --workdir or the same config. Differences:\n  "
+                + "\n  ".join(problems)
             )
 
     def _set_aside(self, step: int, reason: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from perceiver_jax.sharding import BATCH, Rules, fit_spec, mesh_size
@@ -55,6 +56,8 @@ def make_mesh(data: int, fsdp: int, tensor: int, devices: Sequence[Any] | None =
             f"with several processes the mesh must use all {len(devices)} devices, not {needed}."
         )
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    if len({getattr(d, "core_on_chip", 0) for d in devices}) > 1:  # TPU v4 topologies list each core
+        return jax.sharding.Mesh(np.asarray(devices[:needed]).reshape(sizes), MESH_AXES, axis_types=auto)
     return jax.make_mesh(sizes, MESH_AXES, axis_types=auto, devices=devices[:needed])
 
 

@@ -90,8 +90,9 @@ class Step:
         zeros = jax.lax.with_sharding_constraint(
             jax.tree.map(jnp.zeros_like, state.params), self.grad_shardings
         )
+        unroll = self.train_model.settings.unroll_layers or 1
         (grads, model_state), sums = jax.lax.scan(
-            accumulate, (zeros, state.model_state), (jnp.arange(accum), micro)
+            accumulate, (zeros, state.model_state), (jnp.arange(accum), micro), unroll=unroll
         )
         sums = jax.tree.map(lambda x: x.sum(0), sums)
         grads = jax.tree.map(lambda g: g / jnp.maximum(sums["weight"], 1.0), grads)
