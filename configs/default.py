@@ -80,6 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.train_dir = ""
     config.data.eval_dir = ""  # '' holds out eval_fraction of train_dir
     config.data.crop_area_min = 0.08  # random resized crop: smallest area fraction
+    config.data.flip = True  # random horizontal flips
     config.data.randaugment_layers = 4
     config.data.randaugment_magnitude = 5
     config.data.mixup_alpha = 0.2  # 0: no MixUp
@@ -91,6 +92,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.frame_size = (368, 496)  # synthetic flow: frame size (at least model.train_size)
     config.data.num_train_pairs = 4096  # synthetic flow
     config.data.num_eval_pairs = 64
+    # synthetic flow: layers and their largest motions (px, radians, relative scale)
+    config.data.synthetic_motion = dict(
+        max_foreground=3, max_translation=10.0, max_rotation=0.1, max_scale_change=0.1
+    )
     config.data.curriculum = (
         (0, 1.0, 0.5),
     )  # optical_flow: ((first step, augmentation strength, flip prob), ...)

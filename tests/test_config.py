@@ -332,6 +332,13 @@ def test_wrong_types_name_the_field(changes, message):
         PerceiverConfig(**changes)
 
 
+def test_config_json_values_of_the_wrong_type_name_the_field(tmp_path):
+    """A config.json written by hand: "false" is a string, not false, and is refused (not read as true)."""
+    (tmp_path / "config.json").write_text(json.dumps({"use_query_residual": "false"}))
+    with pytest.raises(ValueError, match=r"use_query_residual must be a boolean \(true/false\), got 'false'"):
+        PerceiverConfig.from_hf(tmp_path)
+
+
 def test_from_dict_rejects_unknown_fields():
     with pytest.raises(ValueError, match=r"unknown PerceiverConfig fields \['num_layers'\]"):
         PerceiverConfig.from_dict({"num_layers": 4})

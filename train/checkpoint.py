@@ -33,7 +33,6 @@ import shutil
 import socket
 from typing import Any
 
-import flax.linen as nn
 import grain
 import jax
 import jax.numpy as jnp
@@ -48,6 +47,10 @@ log = logging.getLogger("train")
 
 class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written (e.g. the disk is full); the message is the whole story."""
+
+
+class RunMismatch(ValueError):
+    """A readable checkpoint of another task, model or optimiser setting."""
 
 
 def _leaves_checksum(tree: Any) -> jax.Array:
@@ -131,7 +134,7 @@ class Checkpointer:
         if saved["task"] != self.meta["task"]:
             problems.insert(0, f"task: checkpoint {saved['task']!r}, config {self.meta['task']!r}")
         if problems:
-            raise ValueError(
+            raise RunMismatch(
                 f"the checkpoint at step {step} in {self.directory} was written for a different model, task or "
                 "optimiser setting; use a new --workdir or the same config. Differences:\n  "
                 + "\n  ".join(problems)
@@ -150,7 +153,7 @@ class Checkpointer:
         log.warning("checkpoint at step %d is damaged (%s); moved to %s", step, reason, target)
 
     def _read(self, step: int, abstract_state: Any) -> Any:
-        """The verified state of checkpoint `step`; raises ValueError for another run, or an exception
+        """The verified state of checkpoint `step`; raises `RunMismatch` for another run's, or an exception
         describing the damage."""
         saved = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         self._check_meta(step, saved)
@@ -178,7 +181,7 @@ class Checkpointer:
         for step in steps:
             try:
                 state = self._read(step, abstract_state)
-            except ValueError:
+            except RunMismatch:
                 raise
             except Exception as e:  # Orbax and tensorstore raise many types for unreadable files
                 reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
@@ -290,83 +293,76 @@ def _subtrees(tree: dict, names: tuple[str, ...]) -> dict:
     return {"perceiver": {k: v for k, v in tree.get("perceiver", {}).items() if k in names}}
 
 
+def _paths(tree: dict) -> dict[tuple, tuple[int, ...]]:
+    return {path: tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(tree).items()}
+
+
+def _check_same_model(described: dict, model_config: PerceiverConfig, what: str) -> None:
+    problems = _differences(described, model_config.to_dict(), ignore=PerceiverConfig.head_fields())
+    if problems:
+        raise ValueError(
+            f"config.init_from: {what} has a different model; set config.model to its values. "
+            "Differences:\n  " + "\n  ".join(problems)
+        )
+
+
+def _from_workdir(workdir: str, wanted: dict, model_config: PerceiverConfig) -> dict:
+    """`wanted` (variables of the parts) from the newest checkpoint of the trainer run in `workdir`."""
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+    step = manager.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"config.init_from: no checkpoint in {directory}.")
+    saved = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    _check_same_model(saved["model_config"], model_config, f"the checkpoint in {directory}")
+    target = {"params": wanted["params"], "model_state": {c: t for c, t in wanted.items() if c != "params"}}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+    restored = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+    manager.close()
+    return {"params": restored["params"], **restored["model_state"]}
+
+
+def _from_hugging_face(source: str, wanted: dict, model_config: PerceiverConfig, head: str, parts) -> dict:
+    """`wanted` from a Hugging Face Perceiver folder or hub id, after checking its head's parts have the
+    same structure (same modality) and its config the same model."""
+    from perceiver_jax import HEADS
+    from perceiver_jax.hf import abstract_variables, convert_state_dict, load_hf_state_dict, resolve_folder
+
+    folder = resolve_folder(source)
+    hf_config = PerceiverConfig.from_hf(folder)
+    architecture = (hf_config.architectures or (head,))[0]
+    if architecture not in HEADS:
+        raise ValueError(f"config.init_from: {folder} holds a {architecture}, which is no Perceiver head.")
+    source_model = HEADS[architecture](hf_config)
+    have = {c: _subtrees(tree, parts) for c, tree in abstract_variables(source_model).items()}
+    if any(set(_paths(have.get(c, {}))) != set(_paths(tree)) for c, tree in wanted.items()):
+        raise ValueError(
+            f"config.init_from: {folder} holds a {architecture}, whose {' and '.join(parts)} have other "
+            f"parameters than this task's {head} (another modality); initialise from a model of the same kind."
+        )
+    _check_same_model(hf_config.to_dict(), model_config, f"the Hugging Face {architecture} in {folder}")
+    variables = convert_state_dict(source_model, load_hf_state_dict(folder))
+    loaded = {c: _subtrees(variables[c], parts) for c in wanted}
+    return jax.tree.map(
+        lambda value, target: jax.device_put(jnp.asarray(value, target.dtype), target.sharding),
+        loaded,
+        wanted,
+    )
+
+
 def load_pretrained(
     source: str, abstract: dict[str, Any], model_config: PerceiverConfig, head: str, parts: tuple[str, ...]
 ) -> dict[str, Any]:
     """The `parts` ('input_preprocessor', 'encoder') of `abstract` (variables {'params': ..., maybe
     'batch_stats': ...} of `jax.ShapeDtypeStruct`s with target shardings) read from `source`: a trainer
-    workdir (its newest checkpoint) or a Hugging Face Perceiver folder (e.g. `PerceiverForMaskedLM
-    .save_pretrained`'s) or hub id.
+    workdir (its newest checkpoint), or a Hugging Face Perceiver folder (e.g. what
+    `transformers.PerceiverForMaskedLM.save_pretrained` writes) or hub id.
 
-    Raises FileNotFoundError without a checkpoint, ValueError if the source's model differs from
-    `model_config` in anything but the head's fields, or its parts do not fit the model's (another
-    modality's preprocessor).
+    Raises FileNotFoundError without a checkpoint; ValueError if the source holds another modality's
+    parts, or a model that differs from `model_config` in anything but the head's fields.
     """
-    from perceiver_jax.hf import convert_state_dict, load_hf_state_dict, resolve_folder
-
     wanted = {c: _subtrees(tree, parts) for c, tree in abstract.items()}
-    ignore = PerceiverConfig.head_fields()
     if os.path.isdir(os.path.join(source, "checkpoints")):
-        directory = os.path.join(os.path.abspath(source), "checkpoints")
-        manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"config.init_from: no checkpoint in {directory}.")
-        saved = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        problems = _differences(saved["model_config"], model_config.to_dict(), ignore=ignore)
-        if problems:
-            raise ValueError(
-                f"config.init_from: the checkpoint in {directory} has a different model; set config.model to "
-                "its values. Differences:\n  " + "\n  ".join(problems)
-            )
-        target = {
-            "params": wanted["params"],
-            "model_state": {c: t for c, t in wanted.items() if c != "params"},
-        }
-        args = ocp.args.PyTreeRestore(
-            item=target,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=True,
-        )
-        restored = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
-        manager.close()
-        return {"params": restored["params"], **restored["model_state"]}
-    folder = resolve_folder(source)
-    hf_config = PerceiverConfig.from_hf(folder)
-    architecture = (hf_config.architectures or ("?",))[0]
-    problems = _differences(hf_config.to_dict(), model_config.to_dict(), ignore=ignore)
-    if problems:
-        raise ValueError(
-            f"config.init_from: the Hugging Face model in {folder} ({architecture}) has a different model; set "
-            "config.model to its values. Differences:\n  " + "\n  ".join(problems)
-        )
-    state = load_hf_state_dict(folder)
-    from perceiver_jax import HEADS
-
-    source_model = HEADS[head](hf_config) if architecture not in HEADS else HEADS[architecture](hf_config)
-    try:
-        variables = convert_state_dict(source_model, state)
-    except ValueError as e:
-        raise ValueError(
-            f"config.init_from: {folder} is not a readable {architecture} checkpoint: {e}"
-        ) from e
-    loaded = {c: _subtrees(nn.unbox(tree), parts) for c, tree in variables.items() if c in wanted}
-    flat_loaded = {c: traverse_util.flatten_dict(t) for c, t in loaded.items()}
-    flat_wanted = {c: traverse_util.flatten_dict(t) for c, t in wanted.items()}
-    mismatched = [
-        "/".join(path)
-        for c in flat_wanted
-        for path, leaf in flat_wanted[c].items()
-        if path not in flat_loaded.get(c, {}) or flat_loaded[c][path].shape != leaf.shape
-    ]
-    if mismatched:
-        raise ValueError(
-            f"config.init_from: {folder} holds a {architecture}, whose {'/'.join(parts)} do not fit this "
-            f"task's {head} ({len(mismatched)} parameters missing or of another shape, e.g. {mismatched[:3]}); "
-            "initialise from a model of the same modality."
-        )
-    return jax.tree.map(
-        lambda value, target: jax.device_put(jnp.asarray(value, target.dtype), target.sharding),
-        {c: loaded[c] for c in wanted},
-        wanted,
-    )
+        return _from_workdir(source, wanted, model_config)
+    return _from_hugging_face(source, wanted, model_config, head, parts)

@@ -179,6 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 eval_now = step % config.eval_every == 0 or step == total
                 save_now = ckpt.manager.should_save(step) or step == total or stop
                 if log_now or eval_now or save_now:
+                    jax.block_until_ready(window_sums)  # the window's steps have run
                     seconds = time.perf_counter() - tick
                     metrics = fetch(window_sums, stats, window_steps, seconds)
                     timed_steps, timed_seconds = timed_steps + window_steps, timed_seconds + seconds

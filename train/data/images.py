@@ -287,7 +287,7 @@ def _example(inputs: np.ndarray, label: int) -> Example:
 
 class ImageTrainTransform:
     """`(record, rng) -> example`: decode -> random resized crop to `image_size` (skipped when None) ->
-    flip -> RandAugment(`randaugment_layers`, `randaugment_magnitude`) -> normalise.
+    flip (unless `flip` is False) -> RandAugment(`randaugment_layers`, `randaugment_magnitude`) -> normalise.
 
     `crop_area_range` is the crop's area fraction range (DeepMind: (0.08, 1)); crops keep at least 10% of
     the image. Set `randaugment_layers=0` for no RandAugment.
@@ -299,9 +299,10 @@ class ImageTrainTransform:
         randaugment_layers: int = 4,
         randaugment_magnitude: float = 5,
         crop_area_range: tuple[float, float] = augment.CROP_AREA_RANGE,
+        flip: bool = True,
     ):
         _check_image_size(image_size)
-        self.image_size = image_size
+        self.image_size, self.flip = image_size, flip
         self.randaugment_layers = randaugment_layers
         self.randaugment_magnitude = randaugment_magnitude
         self.crop_area_range = tuple(crop_area_range)
@@ -310,7 +311,8 @@ class ImageTrainTransform:
         image = load_image(record)
         if self.image_size is not None:
             image = augment.random_resized_crop(image, rng, self.image_size, self.crop_area_range)
-        image = augment.random_flip(image, rng)
+        if self.flip:
+            image = augment.random_flip(image, rng)
         image = augment.rand_augment(image, rng, self.randaugment_layers, self.randaugment_magnitude)
         return _example(augment.normalize(image), record.label)
 

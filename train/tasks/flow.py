@@ -37,10 +37,10 @@ DATASETS = ("synthetic", "sintel", "flyingchairs", "kitti")
 def _sources(config: Config):
     dataset, root = config.data.dataset, config.data.root
     if dataset == "synthetic":
-        size = tuple(config.data.frame_size)
+        size, motion = tuple(config.data.frame_size), config.data.synthetic_motion
         return (
-            flow_data.SyntheticFlowSource(size, config.data.num_train_pairs, seed=1),
-            flow_data.SyntheticFlowSource(size, config.data.num_eval_pairs, seed=2),
+            flow_data.SyntheticFlowSource(size, config.data.num_train_pairs, seed=1, **motion),
+            flow_data.SyntheticFlowSource(size, config.data.num_eval_pairs, seed=2, **motion),
         )
     if dataset == "flyingchairs":
         return flow_data.FlyingChairsSource(root, "train"), flow_data.FlyingChairsSource(root, "val")

@@ -36,7 +36,7 @@ def _data(config: Config, model_config: PerceiverConfig, workdir: str) -> Data:
         train, held_out = images.digits_splits()
     crop_area = (config.data.crop_area_min, 1.0)
     train_transform = images.ImageTrainTransform(
-        size, config.data.randaugment_layers, config.data.randaugment_magnitude, crop_area
+        size, config.data.randaugment_layers, config.data.randaugment_magnitude, crop_area, config.data.flip
     )
     return Data(train, held_out, train_transform, images.ImageEvalTransform(size), labels=train.class_names)
 

@@ -1,0 +1,138 @@
+"""The scaling table: the trainer's step compiled for TPU slices by `python -m train.aot` (compiler
+estimates, no TPU needed), for the paper's pretraining / ImageNet runs, over meshes and remat settings.
+
+    python -m benchmarks.scaling --output benchmarks/scaling.json    # compiles (hours on a 2-core CPU)
+    python -m benchmarks.scaling --table benchmarks/scaling.json     # the markdown table of RESULTS.md
+
+Each compile runs in its own process (`python -m train.aot --json`), so one that fails or runs out of
+memory does not stop the others; results are appended to the JSON file as they come, and rerunning skips
+the ones already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+# name -> (config, paper batch, where the paper gives it).
+MODELS = {
+    "language-perceiver MLM, 2048 bytes": ("configs/language_perceiver.py", 2048, "Perceiver IO Table 12"),
+    "vision-perceiver-conv ImageNet, 224 px": ("configs/imagenet_conv.py", 1024, "Perceiver IO App. A.1"),
+}
+# slice name (Cloud TPU naming) -> (topology, chips).
+SLICES = {
+    "v5e-256": ("v5e:16x16", 256),
+    "v5p-64": ("v5p:4x4x4", 64),
+    "v4-128": ("v4:4x4x4", 128),
+    "v6e-256": ("v6e:16x16", 256),
+}
+
+
+def candidates(devices: int) -> list[dict[str, object]]:
+    """The meshes and remat settings tried on `devices` devices."""
+    return [
+        dict(data=1, fsdp=devices, remat="none"),
+        dict(data=devices // 8, fsdp=8, remat="none"),
+        dict(data=1, fsdp=devices, remat="dots"),
+    ]
+
+
+def compile_one(config: str, topology: str, batch: int, setting: dict[str, object], timeout: int) -> dict:
+    """One `train.aot` run; its JSON report, or {'error': ...}."""
+    out = f"/tmp/scaling-{os.getpid()}.json"
+    args = [
+        sys.executable, "-m", "train.aot", "--config", config, "--topology", topology, "--json", out,
+        f"--config.global_batch_size={batch}", f"--config.mesh.data={setting['data']}",
+        f"--config.mesh.fsdp={setting['fsdp']}", "--config.mesh.tensor=1", f"--config.remat={setting['remat']}",
+    ]  # fmt: skip
+    try:
+        result = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"compile took over {timeout} s"}
+    if os.path.exists(out):
+        with open(out) as f:
+            report = json.load(f)
+        os.remove(out)
+        return report
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    return {"error": lines[-1] if lines else result.stderr.strip().splitlines()[-1]}
+
+
+def run(output: str, timeout: int) -> None:
+    done = []
+    if os.path.exists(output):
+        with open(output) as f:
+            done = [json.loads(line) for line in f if line.strip()]
+    seen = {(r["model"], r["slice"], json.dumps(r["setting"], sort_keys=True)) for r in done}
+    for model, (config, batch, _) in MODELS.items():
+        for slice_name, (topology, devices) in SLICES.items():
+            for setting in candidates(devices):
+                key = (model, slice_name, json.dumps(setting, sort_keys=True))
+                if key in seen:
+                    continue
+                report = compile_one(config, topology, batch, setting, timeout)
+                row = dict(
+                    model=model, slice=slice_name, topology=topology, batch=batch, setting=setting, **report
+                )
+                print(
+                    json.dumps({k: row.get(k) for k in ("model", "slice", "setting", "mfu_bound", "error")}),
+                    flush=True,
+                )
+                with open(output, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+
+def table(path: str) -> str:
+    """The markdown table of the results in `path`: per model and slice, every setting tried, the best
+    (highest MFU bound among those that fit) marked."""
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    lines = [
+        "| model (batch, source) | slice | mesh data x fsdp | remat | memory / chip | fits | est. step | MFU bound |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for model, (_, batch, source) in MODELS.items():
+        for slice_name in SLICES:
+            group = [r for r in rows if r["model"] == model and r["slice"] == slice_name]
+            fitting = [
+                r for r in group if not r.get("error") and r.get("total_bytes", 0) <= r.get("hbm_bytes", 0)
+            ]
+            best = max(fitting, key=lambda r: r.get("mfu_bound") or 0, default=None)
+            for r in group:
+                s = r["setting"]
+                mesh = f"{s['data']} x {s['fsdp']}"
+                name = f"{model} ({batch}, {source})"
+                if r.get("error"):
+                    lines.append(
+                        f"| {name} | {slice_name} | {mesh} | {s['remat']} | - | no: {r['error'][:60]} | - | - |"
+                    )
+                    continue
+                mark = " **best**" if r is best else ""
+                fits = r["total_bytes"] <= r["hbm_bytes"]
+                lines.append(
+                    f"| {name} | {slice_name} | {mesh} | {s['remat']} | {r['total_bytes'] / 2**30:.1f} of "
+                    f"{r['hbm_bytes'] / 2**30:.0f} GiB | {'yes' if fits else 'no'} | "
+                    f"{(r['estimated_seconds'] or 0) * 1e3:.1f} ms | {100 * (r['mfu_bound'] or 0):.0f}%{mark} |"
+                )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--output", help="compile every setting, appending JSON lines to this file")
+    parser.add_argument("--table", help="print the markdown table of this JSON-lines file")
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds per compile (both programs)")
+    args = parser.parse_args(argv)
+    if args.output:
+        run(args.output, args.timeout)
+    if args.table:
+        print(table(args.table))
+
+
+if __name__ == "__main__":
+    main()

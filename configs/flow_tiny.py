@@ -1,0 +1,46 @@
+"""Optical-flow training on a CPU in a few minutes: a tiny Perceiver with the optical-flow head on synthetic
+frame pairs with exact flow (scikit-image's photographs moved by random affine layers, AutoFlow-style;
+offline), 24 x 32 crops of 32 x 40 frames.
+
+    python -m train --config configs/flow_tiny.py --workdir /tmp/flow_tiny
+
+Expected on a 2-core CPU: 800 steps in about 5 minutes, eval end-point error about 1.3 px against the
+zero-flow baseline's 2.4 px (also reported at full frame size, with pictures in <workdir>/flow/).
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Tiny optical-flow Perceiver on synthetic flow."""
+    config = default.get_config()
+    config.task = "optical_flow"
+    config.model = default.model(
+        num_latents=32,
+        d_latents=128,
+        d_model=322,
+        num_self_attends_per_block=2,
+        num_self_attention_heads=4,
+        num_cross_attention_heads=1,
+        train_size=(24, 32),
+        attention_probs_dropout_prob=0.0,
+    )
+    config.mesh.fsdp = 1
+    config.data.frame_size = (32, 40)
+    config.data.num_train_pairs = 2048
+    config.data.num_eval_pairs = 64
+    config.data.synthetic_motion = dict(
+        max_foreground=2, max_translation=3.0, max_rotation=0.05, max_scale_change=0.05
+    )
+    config.data.curriculum = ((0, 0.5, 0.5), (600, 0.0, 0.0))
+    config.data.num_report_pairs = 2
+    config.global_batch_size = 16
+    config.num_train_steps = 800
+    config.learning_rate = 2e-3
+    config.warmup_steps = 50
+    config.log_every = 20
+    config.eval_every = 400
+    config.checkpoint_every = 400
+    return config
