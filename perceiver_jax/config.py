@@ -147,6 +147,21 @@ class DecoderAttention:
 
 
 _DECODER_GROUPS = ("mlm_decoder", "classification_decoder", "flow_decoder", "multimodal_decoder")
+_IMAGE_HEADS = (
+    "PerceiverForImageClassificationLearned",
+    "PerceiverForImageClassificationFourier",
+    "PerceiverForImageClassificationConvProcessing",
+)
+# The hard-coded values only some heads build with, by field-name prefix (the others ignore them).
+_HEAD_PREFIXES = {
+    "mlm_": ("PerceiverForMaskedLM",),
+    "classification_": ("PerceiverForSequenceClassification", *_IMAGE_HEADS),
+    "image_learned_": _IMAGE_HEADS[:1],
+    "image_fourier_": _IMAGE_HEADS[1:2],
+    "image_conv_": _IMAGE_HEADS[2:],
+    "flow_": ("PerceiverForOpticalFlow",),
+    "multimodal_": ("PerceiverForMultimodalAutoencoding",),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -493,17 +508,26 @@ class PerceiverConfig:
         `from_hf` read it back."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
-    def to_hf_dict(self) -> dict[str, Any]:
+    @classmethod
+    def used_by(cls, name: str, architecture: str) -> bool:
+        """Whether field `name` shapes the model of HF head class `architecture`."""
+        heads = next((h for prefix, h in _HEAD_PREFIXES.items() if name.startswith(prefix)), None)
+        return heads is None or architecture in heads
+
+    def to_hf_dict(self, architecture: str | None = None) -> dict[str, Any]:
         """A dict `transformers.PerceiverConfig(**d)` (or its config.json) reads back unchanged.
 
-        Raises ValueError when a hard-coded value differs from HF's: HF could not build that model.
+        Raises ValueError when a hard-coded value differs from HF's: HF could not build that model. With
+        `architecture` (an HF head class name), only the values that head builds with count.
         """
         default = PerceiverConfig()
         hf = set(self.hf_fields())
         changed = [
             f.name
             for f in dataclasses.fields(self)
-            if f.name not in hf and getattr(self, f.name) != getattr(default, f.name)
+            if f.name not in hf
+            and getattr(self, f.name) != getattr(default, f.name)
+            and (architecture is None or self.used_by(f.name, architecture))
         ]
         if changed:
             raise ValueError(

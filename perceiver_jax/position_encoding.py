@@ -214,7 +214,7 @@ class PositionEncodingProjector(PositionEncoding, kw_only=True):
         nn.share_scope(self, self.encoding)
         self.positions_projection = dense(
             self.output_channels,
-            in_axis=EMBED,
+            in_axis=None,  # position channels (a mesh axis may shard one dimension only: out's embed)
             out_axis=EMBED,
             init_std=self.init_std,
             settings=self.settings,

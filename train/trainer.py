@@ -98,15 +98,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpt = checkpoint.Checkpointer(
         workdir, meta, config.checkpoint_every, config.max_checkpoints, config.async_checkpointing
     )
-    with run.context():
-        restored = ckpt.restore(run.abstract_state, batches(0))
-        if restored is not None:
-            state, train_iter = restored
-            if train_iter is None:  # written by another number of processes: its position is the step
-                train_iter = batches(int(state.step))
-            log.info("resumed from step %d in %s", int(state.step), ckpt.directory)
-        else:
-            state, train_iter = _initial_state(run, config, task, model_config), batches(0)
+    restored = ckpt.restore(run.abstract_state, batches(0))
+    if restored is not None:
+        state, train_iter = restored
+        if train_iter is None:  # written by another number of processes: its position is the step
+            train_iter = batches(int(state.step))
+        log.info("resumed from step %d in %s", int(state.step), ckpt.directory)
+    else:
+        state, train_iter = _initial_state(run, config, task, model_config), batches(0)
     start_step = int(state.step)
     config_checks.check_resume(config, start_step, ckpt.directory)
     leaves = jax.tree.leaves(state.params)

@@ -106,10 +106,15 @@ def _report(
     folder = os.path.join(workdir, "flow")
     os.makedirs(folder, exist_ok=True)
     sums = {}
+    overlap = min(20, min(model_config.train_size) // 4)  # the colab's 20 px, less for small windows
     for i in range(min(config.data.num_report_pairs, len(data.eval))):
         pair = flow_data.as_flow_pair(data.eval[i])
         prediction = compute_optical_flow(
-            lambda patches: apply(variables, patches), pair.frames[0], pair.frames[1], model_config.train_size
+            lambda patches: apply(variables, patches),
+            pair.frames[0],
+            pair.frames[1],
+            model_config.train_size,
+            min_overlap=overlap,
         )
         flow_data.save_flow_panel(
             os.path.join(folder, f"step_{step}_pair_{i}.png"), prediction, pair.flow, pair.valid
