@@ -63,9 +63,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.seed = 0  # shuffling and every example's randomness
     config.data.num_workers = 0  # Grain worker processes preparing batches (0: in this process)
-    config.data.files = (
-        ""  # mlm: comma-separated glob patterns of text files; '' = embedded pydoc_data.topics
-    )
+    # mlm: comma-separated glob patterns of text files; '' = the embedded pydoc_data.topics.
+    config.data.files = ""
     config.data.seq_len = 2048  # text: tokens per example; for 'mlm' = the decoder's output length
     config.data.mask_prob = 0.15  # mlm: BERT masking rate
     config.data.holdout_every = 20  # mlm: every 20th window is the held-out eval split (5%)
@@ -96,9 +95,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.synthetic_motion = dict(
         max_foreground=3, max_translation=10.0, max_rotation=0.1, max_scale_change=0.1
     )
-    config.data.curriculum = (
-        (0, 1.0, 0.5),
-    )  # optical_flow: ((first step, augmentation strength, flip prob), ...)
+    # optical_flow: ((first step, augmentation strength, flip probability), ...)
+    config.data.curriculum = ((0, 1.0, 0.5),)
     config.data.num_report_pairs = 4  # optical_flow: eval pairs predicted at full frame size, with pictures
     # multimodal_autoencoding ('' root: synthetic clips).
     config.data.eval_root = ""  # '' = root

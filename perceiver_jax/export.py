@@ -1,10 +1,9 @@
 """A head as serialized StableHLO (`jax.export`), for serving from Python or C++.
 
 The exported function is `(variables, inputs[, attention_mask]) -> outputs`, the head's `model.apply` at
-inference. The
-variables are arguments, not constants, so one artifact serves every checkpoint of that head and config;
-the leading (batch) axis of every input is the symbolic dimension `batch`, so it serves any batch size.
-Every other input dimension and every dtype is fixed at export by the example inputs:
+inference. The variables are arguments, not constants, so one artifact serves every checkpoint of that
+head and config; the leading (batch) axis of every input is the symbolic dimension `batch`, so it serves
+any batch size. Every other input dimension and every dtype is fixed at export by the example inputs:
 
 - text heads: token ids `(batch, T)` int32 and the attention mask `(batch, T)` (pass both examples; T is
   the one length served, pad to it);
@@ -16,9 +15,8 @@ Every other input dimension and every dtype is fixed at export by the example in
 In Python: `serialize(export_head(...))` -> bytes -> `deserialize` -> `call_exported(exported, variables,
 inputs[, attention_mask])`. From C++: `exported.mlir_module_serialized` is a StableHLO portable artifact
 whose arguments are the leaves of `(variables, inputs[, attention_mask])` in `jax.tree_util.tree_flatten`
-order (dict keys sorted), all
-kept (`exported.in_avals` gives their shapes, `batch` dynamic); exported for several `platforms`, it takes
-the platform index as a first argument.
+order (dict keys sorted), all kept (`exported.in_avals` gives their shapes, `batch` dynamic); exported
+for several `platforms`, it takes the platform index as a first argument.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ another directory than the checkout."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -30,17 +31,17 @@ print(json.dumps({"location": pj.__file__, "logits": np.asarray(logits).tolist()
 
 
 def test_the_wheel_installs_and_runs_a_head_without_torch(tmp_path):
+    source = tmp_path / "source"  # a copy, so that the build leaves no build/ or egg-info in the checkout
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "__pycache__", "runs", "build"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", ROOT, "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist"],
+        [sys.executable, "-m", "pip", "wheel", source, "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist"],
         check=True, capture_output=True, timeout=600,
     )  # fmt: skip
     (wheel,) = (tmp_path / "dist").glob("perceiver_jax-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         top_level = {name.split("/")[0] for name in archive.namelist()}
         metadata = archive.read(next(n for n in archive.namelist() if n.endswith("METADATA"))).decode()
-    assert {t for t in top_level if not t.endswith(".dist-info")} == {
-        "perceiver_jax"
-    }  # no `train`, no `configs`
+    assert {t for t in top_level if not t.endswith(".dist-info")} == {"perceiver_jax"}  # no train, configs
     assert "License-Expression: Apache-2.0" in metadata and "Requires-Dist: jax<0.11,>=0.10.2" in metadata
     assert (
         "Provides-Extra: hf" in metadata

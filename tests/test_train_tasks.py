@@ -110,15 +110,35 @@ def _kill_after(config, workdir, step):
     while not os.path.exists(workdir / "checkpoints" / str(step) / "commit_success.txt"):
         assert process.poll() is None and time.time() < deadline, "the run ended before it was killed"
         time.sleep(0.2)
+    workers = _children(process.pid)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    deadline = time.time() + 10
+    while any(os.path.exists(f"/proc/{pid}") for pid in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    orphans = [pid for pid in workers if os.path.exists(f"/proc/{pid}")]
+    assert not orphans, f"input workers {orphans} outlived the killed trainer"
+    return workers
+
+
+def _children(pid):
+    """Pids of the live processes whose parent is `pid` (Linux /proc)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                if entry.isdigit() and int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                    children.append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return children
 
 
 def test_conv_head_resumes_exactly_after_kill_9(conv_reference, tmp_path):
     """Same loss sequence as the uninterrupted run; BatchNorm statistics restored and counted exactly."""
     workdir = tmp_path / "run"
     config = config_for("image_conv", **{"data.num_workers": 2})
-    _kill_after(config, workdir, step=2)
+    assert len(_kill_after(config, workdir, step=2)) >= 2  # its input workers, gone with it
     trainer.train_and_evaluate(config, str(workdir))
     assert train_losses(workdir) == train_losses(conv_reference)
     ours, reference = final_state(workdir), final_state(conv_reference)

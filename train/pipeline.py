@@ -13,6 +13,9 @@ Eval: the eval source in order, in global batches; the last one is padded with c
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from typing import Any, Callable, Iterator, Sequence
 
 import grain
@@ -131,8 +134,23 @@ def train_batches(
     if num_workers > 0:
         if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside absl.app (tests) parse none
             flags.FLAGS.mark_as_parsed()
-        iterator = iterator.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        iterator = iterator.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=num_workers), worker_init_fn=_exit_with_parent
+        )
     return iter(iterator)
+
+
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+    """Grain worker initialiser: the worker exits within a second of the trainer's death, even by kill -9
+    (Grain's workers otherwise outlive a killed parent)."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def eval_batches(

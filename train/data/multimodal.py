@@ -393,6 +393,7 @@ SHAPES = ("disc", "square", "triangle", "ring", "plus", "diamond")
 SHAPE_SIZE = 0.15  # half-size of a shape / the shorter image side
 MIN_IMAGE_SIDE = 8  # a shape covers at least one pixel
 TONE_AMPLITUDE = 0.5
+MAX_BACKGROUND = 0.6  # a clip's background is grey, of a level uniform in [0, MAX_BACKGROUND)
 
 
 def tone_cycles(spec: ClipSpec, label: int) -> int:
@@ -429,7 +430,7 @@ def render_synthetic_clip(spec: ClipSpec, seed: int, index: int) -> dict[str, np
     Its class is `index % num_classes`. The class fixes the shape (`SHAPES[class % 6]`), its colour
     (`class_colour`) and the pitch of a sine tone (`tone_cycles`). Random per clip: the shape circles an
     orbit (centre, radius, start angle, direction; less than half a turn per clip, so it is somewhere else
-    in every frame) on black, and the tone's phase.
+    in every frame) on a grey background of random level, and the tone's phase.
 
     Returns raw arrays: 'image' float32 (T, H, W, 3) in [0, 1], 'audio' float32 (T * S_f,) in [-0.5, 0.5],
     'label' int64 ().
@@ -446,7 +447,8 @@ def render_synthetic_clip(spec: ClipSpec, seed: int, index: int) -> dict[str, np
     dy = (np.arange(spec.image_size[0]) + 0.5)[None, :, None] - cy[:, None, None]
     dx = (np.arange(spec.image_size[1]) + 0.5)[None, None, :] - cx[:, None, None]
     mask = _shape_mask(SHAPES[label % len(SHAPES)], dy, dx, size)
-    image = mask[..., None] * class_colour(label, spec.num_classes)
+    background = rng.uniform(0, MAX_BACKGROUND)
+    image = np.where(mask[..., None], class_colour(label, spec.num_classes), background)
     phase = rng.uniform(0, 2 * np.pi)
     t = np.arange(spec.num_samples) / spec.num_samples
     audio = TONE_AMPLITUDE * np.sin(2 * np.pi * tone_cycles(spec, label) * t + phase)
