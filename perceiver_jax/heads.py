@@ -43,7 +43,8 @@ from perceiver_jax.vision import Conv2DDownsample, ImagePreprocessor
 
 
 class PerceiverHead(nn.Module):
-    """Fields and helpers shared by all heads; subclasses define `setup`, `example_inputs`, `__call__`.
+    """The call convention and helpers of all heads; subclasses define `setup`, `example_inputs` and
+    `check_inputs` (and `_logits` / `_forward` where the Perceiver's outputs are not the head's).
 
     Attributes:
       config: the model's hyper-parameters.
@@ -57,6 +58,56 @@ class PerceiverHead(nn.Module):
     def example_inputs(self, batch_size: int = 1) -> dict[str, Any]:
         """Keyword arguments of the right shapes and dtypes for `init` (and shape inference)."""
         raise NotImplementedError
+
+    def check_inputs(self, inputs: Any, **options: Any) -> None:
+        """Raises ValueError / TypeError saying what is wrong when `inputs` (and the head's own keyword
+        `options`, e.g. `interpolate_pos_encoding`) cannot be this head's; a keyword the head does not
+        take raises TypeError."""
+        raise NotImplementedError
+
+    def __call__(
+        self,
+        inputs: Any,
+        *,
+        attention_mask: jax.Array | None = None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        **options: Any,
+    ):
+        """Runs the head on checked `inputs` (shapes in the class docstring).
+
+        Args:
+          inputs: the head's inputs.
+          attention_mask: `(B, M)` over the M input tokens, 1 = attend (None: all).
+          deterministic: no dropout (and, in the conv head, batch norm on running statistics) when True.
+          output_hidden_states, output_attentions: return a `PerceiverOutput` holding the outputs and
+            HF's extras (the latents after each layer, the attention maps).
+          **options: the head's own keyword arguments (`interpolate_pos_encoding` for image heads,
+            `subsampled_output_points` for the multimodal head).
+
+        Returns:
+          The head's outputs in float32 (a dict for the multimodal head), or a `PerceiverOutput`.
+        """
+        self.check_inputs(inputs, **options)
+        output = self._forward(
+            inputs,
+            attention_mask=attention_mask,
+            deterministic=deterministic,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            **options,
+        )
+        logits = jax.tree.map(lambda x: x.astype(jnp.float32), self._logits(output))
+        return output.replace(logits=logits) if output_hidden_states or output_attentions else logits
+
+    def _forward(self, inputs: Any, **kwargs: Any) -> PerceiverOutput:
+        """The Perceiver on checked inputs."""
+        return self.perceiver(inputs, **kwargs)
+
+    def _logits(self, output: PerceiverOutput) -> Any:
+        """The head's outputs from the Perceiver's (default: its logits)."""
+        return output.logits
 
     def _perceiver(self, **modules) -> PerceiverModel:
         """A `PerceiverModel` named `perceiver` with this head's config, settings and the given modules."""
@@ -91,11 +142,6 @@ class PerceiverHead(nn.Module):
         )
         return ClassificationDecoder(decoder=decoder)
 
-    @staticmethod
-    def _result(output: PerceiverOutput, logits: Any, output_hidden_states: bool, output_attentions: bool):
-        """`logits`, or `output` holding them when more was asked for."""
-        return output.replace(logits=logits) if output_hidden_states or output_attentions else logits
-
 
 def _check_batch(batch_size: int, what: str) -> None:
     if batch_size < 1:
@@ -119,23 +165,18 @@ class _TextHead(PerceiverHead):
         """Token ids `(batch_size, min(8, max_position_embeddings))` of zeros."""
         return {"inputs": jnp.zeros((batch_size, min(8, self.config.max_position_embeddings)), jnp.int32)}
 
-    def _run(self, inputs, attention_mask, deterministic, output_hidden_states, output_attentions):
+    def check_inputs(self, inputs: jax.Array) -> None:
+        """Token ids `(B, T)`, integers in [0, vocab_size), T <= max_position_embeddings."""
         check_token_ids(inputs, self.config.vocab_size, self.config.max_position_embeddings)
         _check_batch(inputs.shape[0], "the token ids")
-        return self.perceiver(
-            inputs,
-            attention_mask=attention_mask,
-            deterministic=deterministic,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-        )
 
 
 class PerceiverForMaskedLM(_TextHead):
     """Byte-level masked language model (HF `PerceiverForMaskedLM`, `deepmind/language-perceiver`).
 
     `mlm_num_queries` learned decoder queries (default max_position_embeddings, whatever the input
-    length) attend to the latents; logits use the input embedding table (tied) plus a bias.
+    length) attend to the latents; logits use the input embedding table (tied) plus a bias. Token ids
+    `(B, T)` and `attention_mask` `(B, T)` -> logits `(B, mlm_num_queries, vocab_size)`.
     """
 
     def __post_init__(self):
@@ -171,48 +212,25 @@ class PerceiverForMaskedLM(_TextHead):
         self.perceiver = self._perceiver(input_preprocessor=self._text_preprocessor(), decoder=decoder)
         self.embedding_decoder = EmbeddingDecoder(vocab_size=cfg.vocab_size, settings=self.settings)
 
-    def __call__(
-        self,
-        inputs: jax.Array,
-        *,
-        attention_mask: jax.Array | None = None,
-        deterministic: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ):
-        """Token ids `(B, T)`, `attention_mask` `(B, T)` -> logits `(B, mlm_num_queries, vocab_size)`."""
-        output = self._run(inputs, attention_mask, deterministic, output_hidden_states, output_attentions)
-        table = self.perceiver.input_preprocessor.embeddings.embedding
-        logits = self.embedding_decoder(output.logits, table).astype(jnp.float32)
-        return self._result(output, logits, output_hidden_states, output_attentions)
+    def _logits(self, output: PerceiverOutput) -> jax.Array:
+        """Decoded queries `(B, mlm_num_queries, d_model)` -> logits `(B, mlm_num_queries, vocab_size)`."""
+        return self.embedding_decoder(output.logits, self.perceiver.input_preprocessor.embeddings.embedding)
 
 
 class PerceiverForSequenceClassification(_TextHead):
-    """Text classifier (HF `PerceiverForSequenceClassification`): one learned query decodes the logits."""
+    """Text classifier (HF `PerceiverForSequenceClassification`): one learned query decodes the logits.
+    Token ids `(B, T)` and `attention_mask` `(B, T)` -> logits `(B, num_labels)`."""
 
     def setup(self):
         self.perceiver = self._perceiver(
             input_preprocessor=self._text_preprocessor(), decoder=self._classification_decoder()
         )
 
-    def __call__(
-        self,
-        inputs: jax.Array,
-        *,
-        attention_mask: jax.Array | None = None,
-        deterministic: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ):
-        """Token ids `(B, T)`, `attention_mask` `(B, T)` -> logits `(B, num_labels)`."""
-        output = self._run(inputs, attention_mask, deterministic, output_hidden_states, output_attentions)
-        return self._result(
-            output, output.logits.astype(jnp.float32), output_hidden_states, output_attentions
-        )
-
 
 class _ImageClassifier(PerceiverHead):
-    """Image classifier: RGB images `(B, H, W, 3)`, channels last -> logits `(B, num_labels)`.
+    """Image classifier: RGB images `(B, H, W, 3)`, channels last -> logits `(B, num_labels)`;
+    `attention_mask` `(B, M)` is over the M image tokens. `interpolate_pos_encoding=True` resizes a learned
+    position table to images of another size (torch bicubic, as HF; the Fourier heads take any size).
 
     Subclasses give the `ImagePreprocessor`; the decoder is HF's classification decoder. With
     `deterministic=False` the conv stem's batch norm (conv head only) uses batch statistics and updates
@@ -232,7 +250,8 @@ class _ImageClassifier(PerceiverHead):
         """Zero images `(batch_size, *image_size, 3)`."""
         return {"inputs": jnp.zeros((batch_size, *self.config.image_hw, 3), jnp.float32)}
 
-    def _check_images(self, inputs: jax.Array, interpolate_pos_encoding: bool) -> None:
+    def check_inputs(self, inputs: jax.Array, interpolate_pos_encoding: bool = False) -> None:
+        """Float RGB images `(B, H, W, 3)`."""
         if inputs.ndim != 4 or inputs.shape[-1] != 3:
             raise ValueError(
                 f"images must be RGB (batch, height, width, 3), channels last; got shape {inputs.shape}."
@@ -242,43 +261,6 @@ class _ImageClassifier(PerceiverHead):
                 f"images must be floats (normalised as perceiver_jax.image_processing does); got dtype {inputs.dtype}."
             )
         _check_batch(inputs.shape[0], "the images")
-
-    def _classify(
-        self,
-        inputs,
-        attention_mask,
-        deterministic,
-        interpolate_pos_encoding,
-        output_hidden_states,
-        output_attentions,
-    ):
-        self._check_images(inputs, interpolate_pos_encoding)
-        output = self.perceiver(
-            inputs,
-            attention_mask=attention_mask,
-            deterministic=deterministic,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-        )
-        return self._result(
-            output, output.logits.astype(jnp.float32), output_hidden_states, output_attentions
-        )
-
-    def __call__(
-        self,
-        inputs: jax.Array,
-        *,
-        attention_mask: jax.Array | None = None,
-        deterministic: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ):
-        """Images `(B, H, W, 3)` of any size -> logits `(B, num_labels)`; `attention_mask` `(B, M)` over the
-        M image tokens."""
-        return self._classify(
-            inputs, attention_mask, deterministic, False, output_hidden_states, output_attentions
-        )
 
 
 class PerceiverForImageClassificationLearned(_ImageClassifier):
@@ -310,8 +292,9 @@ class PerceiverForImageClassificationLearned(_ImageClassifier):
             settings=self.settings,
         )
 
-    def _check_images(self, inputs: jax.Array, interpolate_pos_encoding: bool) -> None:
-        super()._check_images(inputs, interpolate_pos_encoding)
+    def check_inputs(self, inputs: jax.Array, interpolate_pos_encoding: bool = False) -> None:
+        """Float RGB images `(B, *image_size, 3)`, or of any size with `interpolate_pos_encoding`."""
+        super().check_inputs(inputs, interpolate_pos_encoding)
         if not interpolate_pos_encoding and tuple(inputs.shape[1:3]) != self.config.image_hw:
             side = "x".join(map(str, self.config.image_hw))
             raise ValueError(
@@ -319,27 +302,6 @@ class PerceiverForImageClassificationLearned(_ImageClassifier):
                 f"(image_size): pass interpolate_pos_encoding=True to resize the table (torch bicubic, as HF), "
                 "or resize the images to the size the table was trained for."
             )
-
-    def __call__(
-        self,
-        inputs: jax.Array,
-        *,
-        attention_mask: jax.Array | None = None,
-        deterministic: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-        interpolate_pos_encoding: bool = False,
-    ):
-        """Images `(B, H, W, 3)` -> logits `(B, num_labels)`; `interpolate_pos_encoding` resizes the learned
-        table to images of another size (torch bicubic, as HF)."""
-        return self._classify(
-            inputs,
-            attention_mask,
-            deterministic,
-            interpolate_pos_encoding,
-            output_hidden_states,
-            output_attentions,
-        )
 
 
 class PerceiverForImageClassificationFourier(_ImageClassifier):
@@ -395,8 +357,9 @@ class PerceiverForImageClassificationConvProcessing(_ImageClassifier):
             settings=self.settings,
         )
 
-    def _check_images(self, inputs: jax.Array, interpolate_pos_encoding: bool) -> None:
-        super()._check_images(inputs, interpolate_pos_encoding)
+    def check_inputs(self, inputs: jax.Array, interpolate_pos_encoding: bool = False) -> None:
+        """Float RGB images `(B, H, W, 3)` the stem can downsample."""
+        super().check_inputs(inputs, interpolate_pos_encoding)
         stem = self.perceiver.input_preprocessor.convnet
         if min(inputs.shape[1:3]) < stem.min_input_size():
             raise ValueError(
@@ -454,16 +417,8 @@ class PerceiverForOpticalFlow(PerceiverHead):
         shape = (batch_size, cfg.flow_temporal_downsample, *cfg.train_size, cfg.flow_frame_channels)
         return {"inputs": jnp.zeros(shape, jnp.float32)}
 
-    def __call__(
-        self,
-        inputs: jax.Array,
-        *,
-        attention_mask: jax.Array | None = None,
-        deterministic: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ):
-        """Patches `(B, 2, H, W, 27)` -> flow `(B, H, W, 2)` (float32); `attention_mask` `(B, H * W)`."""
+    def check_inputs(self, inputs: jax.Array) -> None:
+        """Patches `(B, flow_temporal_downsample, *train_size, flow_frame_channels)`."""
         cfg = self.config
         expected = (cfg.flow_temporal_downsample, *cfg.train_size, cfg.flow_frame_channels)
         if inputs.ndim != 5 or tuple(inputs.shape[1:]) != expected:
@@ -475,16 +430,6 @@ class PerceiverForOpticalFlow(PerceiverHead):
                 "perceiver_jax.flow.compute_optical_flow."
             )
         _check_batch(inputs.shape[0], "the optical-flow inputs")
-        output = self.perceiver(
-            inputs,
-            attention_mask=attention_mask,
-            deterministic=deterministic,
-            output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-        )
-        return self._result(
-            output, output.logits.astype(jnp.float32), output_hidden_states, output_attentions
-        )
 
 
 MODALITIES = ("audio", "image", "label")
@@ -617,8 +562,8 @@ class PerceiverForMultimodalAutoencoding(PerceiverHead):
         points = {"audio": jnp.zeros((1,), jnp.int32), "image": jnp.zeros((1,), jnp.int32)}
         return {"inputs": inputs, "subsampled_output_points": points}
 
-    def _check_inputs(self, inputs: Any) -> None:
-        """Raises ValueError/TypeError naming the modality whose input cannot be autoencoded."""
+    def check_inputs(self, inputs: Any, subsampled_output_points: Any = None) -> None:
+        """Names the modality whose input cannot be autoencoded (the points are checked by the decoder)."""
         cfg = self.config
         if not isinstance(inputs, Mapping):
             raise TypeError(f"inputs must be a dict with keys {MODALITIES}; got {type(inputs).__name__}.")
@@ -656,50 +601,20 @@ class PerceiverForMultimodalAutoencoding(PerceiverHead):
             raise ValueError(f"the modalities have different batch sizes: {batch_sizes}.")
         _check_batch(video.shape[0], "the multimodal inputs")
 
-    def __call__(
+    def _forward(
         self,
         inputs: Mapping[str, jax.Array],
         *,
-        attention_mask: jax.Array | None = None,
-        deterministic: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
         subsampled_output_points: Mapping[str, jax.Array | None] | None = None,
-    ):
-        """Autoencodes `inputs` (see the class docstring).
-
-        Args:
-          inputs: {'image': (B, T, H, W, C), 'audio': (B, N, 1), 'label': (B, num_labels)}.
-          attention_mask: `(B, M)` over the M concatenated input tokens (audio, image, label), 1 = keep.
-          deterministic: no dropout when True.
-          output_hidden_states, output_attentions: return a `PerceiverOutput` with HF's extras.
-          subsampled_output_points: {'image': (O_image,), 'audio': (O_audio,)} flat indices into the
-            output video grid and the audio token grid; a missing or None entry decodes every point.
-
-        Returns:
-          {'audio': (B, O_audio * S), 'image': (B, O_image, C_out), 'label': (B, num_labels)}, float32.
-        """
-        self._check_inputs(inputs)
-        stream = subsampled_output_points is None and self.chunk_size is not None and not output_attentions
-        if stream and not self.is_initializing():
-            encoded = self.perceiver.encode(
-                inputs,
-                attention_mask=attention_mask,
-                deterministic=deterministic,
-                output_hidden_states=output_hidden_states,
-            )
-            output = encoded.output.replace(logits=self._reconstruct(encoded, deterministic))
-        else:
-            output = self.perceiver(
-                inputs,
-                attention_mask=attention_mask,
-                subsampled_output_points=subsampled_output_points,
-                deterministic=deterministic,
-                output_hidden_states=output_hidden_states,
-                output_attentions=output_attentions,
-            )
-        logits = {name: value.astype(jnp.float32) for name, value in output.logits.items()}
-        return self._result(output, logits, output_hidden_states, output_attentions)
+        **kwargs: Any,
+    ) -> PerceiverOutput:
+        """The Perceiver, or, decoding every point with a `chunk_size` (and no attention maps asked for),
+        the encoder followed by the streamed reconstruction (`_reconstruct`)."""
+        stream = subsampled_output_points is None and self.chunk_size is not None
+        if stream and not kwargs["output_attentions"] and not self.is_initializing():
+            encoded = self.perceiver.encode(inputs, **kwargs)
+            return encoded.output.replace(logits=self._reconstruct(encoded, kwargs["deterministic"]))
+        return self.perceiver(inputs, subsampled_output_points=subsampled_output_points, **kwargs)
 
     def _reconstruct(self, encoded, deterministic: bool) -> dict[str, jax.Array]:
         """Every output point, decoded `chunk_size` video points (and the matching share of the audio

@@ -537,7 +537,9 @@ def save_pretrained(
             f"{type(model).__name__} is not a HF Perceiver head; cannot save it for transformers."
         )
     max_shard_bytes = parse_size(max_shard_size)
-    config = json.dumps(model.config.replace(architectures=(name,)).to_hf_dict(name), indent=2, sort_keys=True)
+    config = json.dumps(
+        model.config.replace(architectures=(name,)).to_hf_dict(name), indent=2, sort_keys=True
+    )
     check_variables(model, variables)
     state = to_hf_state_dict(variables)
     shards = _split_into_shards(state, max_shard_bytes)

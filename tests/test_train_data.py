@@ -10,7 +10,8 @@ import pytest
 
 from perceiver_jax import PerceiverConfig, PerceiverForMaskedLM, PerceiverTokenizer
 from perceiver_jax.tokenizer import CLS_ID, MASK_ID, SEP_ID
-from train import data, optim, tasks
+from train import optim, tasks
+from train.data import text as data
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +34,9 @@ def test_windows_split_the_corpus_into_fixed_disjoint_train_and_eval_parts(corpu
 
 
 def test_masking_follows_bert_rates_and_spares_special_tokens(corpus):
-    source = data.MaskedBytes(data.Windows(corpus, 200, "train", 20), 256, 0.15)
-    examples = [source(i, np.random.default_rng(i)) for i in range(300)]
+    source = data.MaskBytes(256, 0.15)
+    windows = data.Windows(corpus, 200, "train", 20)
+    examples = [source(windows[i], np.random.default_rng(i)) for i in range(300)]
     batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
     inputs, targets, picked = batch["inputs"], batch["targets"], batch["weights"].astype(bool)
     is_byte = targets >= 6
@@ -54,34 +56,6 @@ def test_masking_follows_bert_rates_and_spares_special_tokens(corpus):
     assert (inputs >= 0).all() and (inputs < 262).all()
 
 
-def test_batches_are_deterministic_resumable_and_split_across_processes(corpus, tmp_path):
-    source = data.MaskedBytes(data.Windows(corpus, 30, "train", 20), 32, 0.15)
-    full = data.BatchIterator(source, 8, np.arange(8), seed=3)
-    batches = [next(full) for _ in range(4)]
-    # Two processes holding rows 0-3 and 4-7 together build the same global batches.
-    halves = [data.BatchIterator(source, 8, rows, seed=3) for rows in (np.arange(4), np.arange(4, 8))]
-    for batch in batches:
-        parts = [next(h) for h in halves]
-        for k in batch:
-            np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), batch[k])
-    resumed = data.BatchIterator(source, 8, np.arange(8), seed=3)
-    resumed.restore({"seed": 3, "epoch": 0, "position": 16})
-    batch = next(resumed)
-    for k in batch:
-        np.testing.assert_array_equal(batch[k], batches[2][k])
-    assert not np.array_equal(
-        next(data.BatchIterator(source, 8, np.arange(8), seed=4))["targets"], batches[0]["targets"]
-    )
-    # A 20-example source: two batches per epoch, then a new epoch in a new order.
-    path = tmp_path / "small.txt"
-    path.write_bytes(bytes(range(65, 65 + 20)) * 30)
-    small = data.MaskedBytes(data.Windows(data.load_documents([str(path)]), 30, "train", 1000), 32, 0.15)
-    it = data.BatchIterator(small, 8, np.arange(8), seed=0)
-    first = [next(it)["targets"] for _ in range(3)]
-    assert it.state() == {"seed": 0, "epoch": 1, "position": 8}
-    assert not np.array_equal(first[2], first[0])
-
-
 def test_files_globs_and_missing_files(tmp_path):
     for name, text in (("a.txt", b"hello"), ("b.txt", b"world!"), ("empty.txt", b"")):
         (tmp_path / name).write_bytes(text)
@@ -89,20 +63,6 @@ def test_files_globs_and_missing_files(tmp_path):
     assert [bytes(d) for d in docs] == [b"hello", b"world!"]
     with pytest.raises(FileNotFoundError, match="nope.txt"):
         data.load_documents([str(tmp_path / "a.txt"), str(tmp_path / "nope.txt")])
-
-
-def test_word_order_dataset_is_fixed_balanced_and_keeps_the_bytes(corpus):
-    windows = data.Windows(corpus, 126, "eval", 20)
-    source = data.WordOrder(windows, 128)
-    examples = [source(i, np.random.default_rng()) for i in range(len(source))]
-    labels = np.array([e["targets"] for e in examples])
-    assert 0.4 < labels.mean() < 0.6
-    for i, e in enumerate(examples[:50]):
-        np.testing.assert_array_equal(source(i, np.random.default_rng())["inputs"], e["inputs"])
-        n = len(windows[i])
-        original = windows[i].astype(np.int32) + 6
-        np.testing.assert_array_equal(np.sort(e["inputs"][1 : n + 1]), np.sort(original))
-        assert np.array_equal(e["inputs"][1 : n + 1], original) == (labels[i] == 0)
 
 
 def test_decay_mask_spares_biases_and_norm_scales():

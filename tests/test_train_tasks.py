@@ -265,7 +265,10 @@ def test_fine_tuning_from_an_hf_mlm_folder_on_a_csv(hf_mlm, tmp_path):
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"data.label_column": "category"}, r"no label column 'category'; the columns are \['text', 'label'\]"),
+        (
+            {"data.label_column": "category"},
+            r"no label column 'category'; the columns are \['text', 'label'\]",
+        ),
         ({"data.eval_file": "EVAL_UNSEEN"}, r"1 label\(s\) not in the training file: 'meat'"),
     ],
 )

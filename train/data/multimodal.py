@@ -26,7 +26,7 @@ Our interpretation (not stated by the sources):
 - Output points are the model's queries: pixels of the (T, H, W) video grid and audio *tokens* (16
   samples each), so "512 audio samples" is read as 512 audio points (8,192 samples; the other reading, 512
   raw samples, is 32 points). The model takes one 1-D set of points for the whole batch (as DeepMind's
-  decoder), so `sample_output_points` draws a fresh set per step, uniformly without replacement.
+  decoder), so the task draws a fresh set per step, uniformly without replacement (`train.tasks.multimodal`).
 - L1 is the mean absolute error over the decoded values. PSNR is 10 log10(max_value**2 / MSE) per clip
   over its fully decoded values, with max_value 1 for video in [0, 1] and 1 (the peak amplitude) for audio
   in [-1, 1], averaged over clips.
@@ -68,8 +68,6 @@ from perceiver_jax.config import PerceiverConfig
 MODALITIES = ("image", "audio", "label")
 # App. I: loss = 0.03 * L1(video) + 1 * L1(audio) + 0.0001 * cross-entropy(label).
 PAPER_LOSS_WEIGHTS = types.MappingProxyType({"image": 0.03, "audio": 1.0, "label": 1e-4})
-# Sec. 4.3: output points decoded per training step (the label is always decoded).
-PAPER_NUM_OUTPUT_POINTS = types.MappingProxyType({"image": 512, "audio": 512})
 INT16_SCALE = 2.0**15
 
 Example = dict[str, np.ndarray]
@@ -501,28 +499,6 @@ def output_grids(config: PerceiverConfig) -> dict[str, tuple[int, ...]]:
             f"is not a multiple of samples_per_patch={config.samples_per_patch}."
         )
     return {"image": tuple(config.output_shape[1:]), "audio": (tokens,)}
-
-
-def sample_output_points(
-    rng: np.random.Generator,
-    grids: Mapping[str, Sequence[int]],
-    num_points: Mapping[str, int] = PAPER_NUM_OUTPUT_POINTS,
-) -> dict[str, np.ndarray]:
-    """One training step's `subsampled_output_points`: for each modality m of `num_points`, num_points[m]
-    distinct flat (row-major) indices into the output grid `grids[m]`, drawn uniformly without
-    replacement, sorted; int32 (num_points[m],). See the module docstring for the reading of the paper."""
-    points = {}
-    for name, count in num_points.items():
-        if name not in grids:
-            raise ValueError(f"num_points has modality {name!r}, but grids has only {sorted(grids)}.")
-        size = math.prod(grids[name])
-        if not 0 < count <= size:
-            raise ValueError(
-                f"num_points[{name!r}]={count} must be in [1, {size}]: the {name} output grid "
-                f"{tuple(grids[name])} has {size} points."
-            )
-        points[name] = np.sort(rng.choice(size, count, replace=False)).astype(np.int32)
-    return points
 
 
 def subsampled_targets(
