@@ -164,6 +164,36 @@ def decode_memory(flow_overrides: dict[str, Any], chunk_sizes: Sequence[int | No
     return rows
 
 
+def multimodal_decode_memory(
+    overrides: dict[str, Any], output_sizes: Sequence[tuple[int, int]], chunk_size: int = 8192
+) -> list[dict[str, Any]]:
+    """XLA's memory accounting (MiB) of the multimodal head decoding every point of its output video
+    (`output_shape` (1, T, H, W) for each (H, W) of `output_sizes`; the same inputs) with `chunk_size`:
+    the streamed reconstruction's temporaries should not grow with the output (its outputs do)."""
+    import jax
+
+    from perceiver_jax import HEADS, PerceiverConfig
+
+    rows = []
+    for height, width in output_sizes:
+        config = PerceiverConfig(**overrides)
+        config = config.replace(output_shape=(1, config.output_shape[1], height, width))
+        model = HEADS["PerceiverForMultimodalAutoencoding"](config, chunk_size=chunk_size)
+        example = model.example_inputs(1)
+        inputs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), example["inputs"])
+        variables = jax.eval_shape(model.init, jax.random.key(0), **example)
+        compiled, _, compile_s = _lower_compile(jax.jit(model.apply), variables, inputs)
+        stats = _memory_stats(compiled)
+        rows.append(dict(output_hw=(height, width), points=height * width * config.output_shape[1], **stats))
+        rows[-1]["compile_s"] = compile_s
+        print(
+            f"  multimodal full decode {height}x{width} x {config.output_shape[1]} frames: XLA temp "
+            f"{stats['temp_mib']:.0f} MiB, outputs {stats['output_mib']:.0f} MiB",
+            flush=True,
+        )
+    return rows
+
+
 def _worker(argv: Sequence[str]) -> None:
     """Fresh-process measurement: build the masked-LM, compile and run one training step, print XLA's
     memory accounting, the RSS before the step and the peak RSS during the step as JSON."""
@@ -201,6 +231,12 @@ def _worker(argv: Sequence[str]) -> None:
 if __name__ == "__main__":
     import sys
 
-    if len(sys.argv) < 2 or sys.argv[1] != "worker":
-        sys.exit("usage: python -m benchmarks.compile_memory worker --remat R --batch B --seq-len T [--tiny]")
-    _worker(sys.argv[2:])
+    if sys.argv[1:] == ["multimodal"]:  # the paper's model, 224 x 224 and 448 x 448 output frames
+        multimodal_decode_memory({}, [(224, 224), (448, 448)])
+    elif len(sys.argv) > 1 and sys.argv[1] == "worker":
+        _worker(sys.argv[2:])
+    else:
+        sys.exit(
+            "usage: python -m benchmarks.compile_memory worker --remat R --batch B --seq-len T [--tiny]\n"
+            "       python -m benchmarks.compile_memory multimodal"
+        )

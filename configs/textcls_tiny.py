@@ -8,7 +8,8 @@ source is a snippet from, 'news', 'python-docs' or 'wikipedia'? (`train.data.lab
 `init_from` copies the pretrained embeddings and encoder; the classification decoder starts from scratch.
 Your own CSV: --config.data.train_file=data.csv [--config.data.eval_file=eval.csv]
 [--config.data.text_column=... --config.data.label_column=...]; an HF folder works as `init_from` too.
-Expected on a 2-core CPU: EXPECTED.
+Expected on a 2-core CPU (after mlm_tiny, about 4 minutes): 600 steps in about 75 s (compile included), eval
+top-1 accuracy about 0.59 against the majority-class baseline 0.33.
 """
 
 import ml_collections

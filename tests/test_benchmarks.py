@@ -190,3 +190,14 @@ def test_gpu_benchmark_tiny_falls_back_to_xla_on_cpu(smoke_runs):
     for row in heads.values():
         assert row["attention"] == "xla" and "cudnn needs a GPU" in row["note"]
         assert row["images_per_s"] > 0
+
+
+def test_loop_ratio_times_the_loop_and_the_bare_step(capsys):
+    from benchmarks import loop_ratio
+
+    loop_ratio.main(["--configs", "configs/mlm_tiny.py", "--steps", "20"])
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    loop, bare, ratio = (
+        float(line.split(key)[1].split()[0].rstrip(",")) for key in ("loop ", "bare step ", "loop / bare ")
+    )
+    assert loop > 0 and bare > 0 and ratio == pytest.approx(loop / bare, rel=1e-2)
