@@ -16,6 +16,13 @@ from typing import Any, Sequence
 from benchmarks import common, workloads
 
 MIB = 2**20
+# deepmind/multimodal-perceiver's architecture (19,858,855 parameters).
+MULTIMODAL_PERCEIVER = dict(
+    num_latents=784, d_latents=512, d_model=704, num_blocks=1, num_self_attends_per_block=8,
+    num_self_attention_heads=8, num_cross_attention_heads=1, num_labels=700, num_frames=16,
+    audio_samples_per_frame=1920, samples_per_patch=16, image_size=224, output_shape=(1, 16, 224, 224),
+    output_num_channels=512,
+)  # fmt: skip
 
 
 def _mlm(overrides: dict[str, Any], remat: str = "none"):
@@ -232,7 +239,7 @@ if __name__ == "__main__":
     import sys
 
     if sys.argv[1:] == ["multimodal"]:  # the paper's model, 224 x 224 and 448 x 448 output frames
-        multimodal_decode_memory({}, [(224, 224), (448, 448)])
+        multimodal_decode_memory(MULTIMODAL_PERCEIVER, [(224, 224), (448, 448)])
     elif len(sys.argv) > 1 and sys.argv[1] == "worker":
         _worker(sys.argv[2:])
     else:

@@ -31,6 +31,7 @@ def _config(path: str, steps: int):
     spec.loader.exec_module(module)
     config = module.get_config()
     config.num_train_steps = steps
+    config.warmup_steps = min(config.warmup_steps, steps // 2)
     config.eval_every = config.checkpoint_every = steps
     config.init_from = ""
     config.export_hf = False

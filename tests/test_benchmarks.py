@@ -201,3 +201,17 @@ def test_loop_ratio_times_the_loop_and_the_bare_step(capsys):
         float(line.split(key)[1].split()[0].rstrip(",")) for key in ("loop ", "bare step ", "loop / bare ")
     )
     assert loop > 0 and bare > 0 and ratio == pytest.approx(loop / bare, rel=1e-2)
+
+
+def test_multimodal_full_decode_memory_is_flat_in_the_output_size():
+    from benchmarks import compile_memory
+
+    tiny = dict(
+        num_latents=8, d_latents=32, d_model=16, num_self_attends_per_block=1, num_self_attention_heads=2,
+        num_cross_attention_heads=1, num_labels=3, num_frames=2, image_size=8, audio_samples_per_frame=16,
+        samples_per_patch=8, output_shape=(1, 2, 32, 32), output_num_channels=16,
+        _label_trainable_num_channels=16,
+    )  # fmt: skip
+    small, large = compile_memory.multimodal_decode_memory(tiny, [(32, 32), (64, 64)], chunk_size=64)
+    assert large["points"] == 4 * small["points"] and large["output_mib"] > 3 * small["output_mib"]
+    assert large["temp_mib"] <= 1.2 * small["temp_mib"]
