@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 # name -> (config, paper batch, where the paper gives it).
 MODELS = {
@@ -42,7 +43,13 @@ def candidates(devices: int) -> list[dict[str, object]]:
 
 def compile_one(config: str, topology: str, batch: int, setting: dict[str, object], timeout: int) -> dict:
     """One `train.aot` run; its JSON report, or {'error': ...}."""
-    out = f"/tmp/scaling-{os.getpid()}.json"
+    with tempfile.TemporaryDirectory() as folder:
+        return _compile_one(config, topology, batch, setting, timeout, os.path.join(folder, "report.json"))
+
+
+def _compile_one(
+    config: str, topology: str, batch: int, setting: dict[str, object], timeout: int, out: str
+) -> dict:
     args = [
         sys.executable, "-m", "train.aot", "--config", config, "--topology", topology, "--json", out,
         f"--config.global_batch_size={batch}", f"--config.mesh.data={setting['data']}",
@@ -54,9 +61,7 @@ def compile_one(config: str, topology: str, batch: int, setting: dict[str, objec
         return {"error": f"compile took over {timeout} s"}
     if os.path.exists(out):
         with open(out) as f:
-            report = json.load(f)
-        os.remove(out)
-        return report
+            return json.load(f)
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     return {"error": lines[-1] if lines else result.stderr.strip().splitlines()[-1]}
 

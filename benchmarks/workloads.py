@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-# Dimensions of the official checkpoints (see ../shared/reference/hf-perceiver.md).
+# Dimensions of the official checkpoints.
 LANGUAGE_PERCEIVER = dict(qk_channels=256, v_channels=1280)  # transformers.PerceiverConfig() defaults else
 VISION_FOURIER = dict(
     num_latents=512,
