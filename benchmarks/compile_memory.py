@@ -16,13 +16,6 @@ from typing import Any, Sequence
 from benchmarks import common, workloads
 
 MIB = 2**20
-# deepmind/multimodal-perceiver's architecture (19,858,855 parameters).
-MULTIMODAL_PERCEIVER = dict(
-    num_latents=784, d_latents=512, d_model=704, num_blocks=1, num_self_attends_per_block=8,
-    num_self_attention_heads=8, num_cross_attention_heads=1, num_labels=700, num_frames=16,
-    audio_samples_per_frame=1920, samples_per_patch=16, image_size=224, output_shape=(1, 16, 224, 224),
-    output_num_channels=512,
-)  # fmt: skip
 
 
 def _mlm(overrides: dict[str, Any], remat: str = "none"):
@@ -191,8 +184,8 @@ def multimodal_decode_memory(
         variables = jax.eval_shape(model.init, jax.random.key(0), **example)
         compiled, _, compile_s = _lower_compile(jax.jit(model.apply), variables, inputs)
         stats = _memory_stats(compiled)
-        rows.append(dict(output_hw=(height, width), points=height * width * config.output_shape[1], **stats))
-        rows[-1]["compile_s"] = compile_s
+        points = height * width * config.output_shape[1]
+        rows.append(dict(output_hw=(height, width), points=points, compile_s=compile_s, **stats))
         print(
             f"  multimodal full decode {height}x{width} x {config.output_shape[1]} frames: XLA temp "
             f"{stats['temp_mib']:.0f} MiB, outputs {stats['output_mib']:.0f} MiB",
@@ -239,7 +232,7 @@ if __name__ == "__main__":
     import sys
 
     if sys.argv[1:] == ["multimodal"]:  # the paper's model, 224 x 224 and 448 x 448 output frames
-        multimodal_decode_memory(MULTIMODAL_PERCEIVER, [(224, 224), (448, 448)])
+        multimodal_decode_memory(workloads.MULTIMODAL_PERCEIVER, [(224, 224), (448, 448)])
     elif len(sys.argv) > 1 and sys.argv[1] == "worker":
         _worker(sys.argv[2:])
     else:

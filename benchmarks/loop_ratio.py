@@ -19,8 +19,7 @@ import time
 
 import jax
 
-from train import build, partitioning, pipeline, trainer
-from train.tasks import get_task
+from train import pipeline, trainer
 
 DEFAULT_CONFIGS = ("configs/mlm_tiny.py", "configs/digits_tiny.py")
 
@@ -46,19 +45,15 @@ def loop_steps_per_second(config) -> float:
 
 def bare_steps_per_second(config, steps: int) -> float:
     """Steps/s of the run's jitted `train_step` on one fixed batch, nothing else in the loop."""
-    task = get_task(config.task)
     with tempfile.TemporaryDirectory() as workdir:
-        data = task.data(config, build.model_config_of(config), workdir)
-    model_config = build.model_config_of(config, data.labels)
-    mesh = partitioning.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    run = build.build(config, task, model_config, mesh)
-    rows = pipeline.local_rows(run.batch_sharding, config.global_batch_size)
-    local = next(
-        pipeline.train_batches(
-            data.train, data.train_transform, global_batch=config.global_batch_size, rows=rows,
-            seed=config.data.seed, num_workers=0, start_batch=0,
-        )
-    )  # fmt: skip
+        _, data, _, run = trainer.setup(config, workdir)
+        rows = pipeline.local_rows(run.batch_sharding, config.global_batch_size)
+        local = next(
+            pipeline.train_batches(
+                data.train, data.train_transform, global_batch=config.global_batch_size, rows=rows,
+                seed=config.data.seed,
+            )
+        )  # fmt: skip
     batch = pipeline.to_global(local, run.batch_sharding, config.global_batch_size)
     with run.context():
         state = run.init(jax.random.key(config.seed))

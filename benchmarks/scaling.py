@@ -44,24 +44,20 @@ def candidates(devices: int) -> list[dict[str, object]]:
 def compile_one(config: str, topology: str, batch: int, setting: dict[str, object], timeout: int) -> dict:
     """One `train.aot` run; its JSON report, or {'error': ...}."""
     with tempfile.TemporaryDirectory() as folder:
-        return _compile_one(config, topology, batch, setting, timeout, os.path.join(folder, "report.json"))
-
-
-def _compile_one(
-    config: str, topology: str, batch: int, setting: dict[str, object], timeout: int, out: str
-) -> dict:
-    args = [
-        sys.executable, "-m", "train.aot", "--config", config, "--topology", topology, "--json", out,
-        f"--config.global_batch_size={batch}", f"--config.mesh.data={setting['data']}",
-        f"--config.mesh.fsdp={setting['fsdp']}", "--config.mesh.tensor=1", f"--config.remat={setting['remat']}",
-    ]  # fmt: skip
-    try:
-        result = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"compile took over {timeout} s"}
-    if os.path.exists(out):
-        with open(out) as f:
-            return json.load(f)
+        out = os.path.join(folder, "report.json")
+        args = [
+            sys.executable, "-m", "train.aot", "--config", config, "--topology", topology, "--json", out,
+            f"--config.global_batch_size={batch}", f"--config.mesh.data={setting['data']}",
+            f"--config.mesh.fsdp={setting['fsdp']}", "--config.mesh.tensor=1",
+            f"--config.remat={setting['remat']}",
+        ]  # fmt: skip
+        try:
+            result = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"error": f"compile took over {timeout} s"}
+        if os.path.exists(out):
+            with open(out) as f:
+                return json.load(f)
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     return {"error": lines[-1] if lines else result.stderr.strip().splitlines()[-1]}
 

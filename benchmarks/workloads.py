@@ -26,6 +26,12 @@ VISION_FOURIER = dict(
     num_labels=1000,
     image_size=224,
 )
+MULTIMODAL_PERCEIVER = dict(  # 19,858,855 parameters
+    num_latents=784, d_latents=512, d_model=704, num_blocks=1, num_self_attends_per_block=8,
+    num_self_attention_heads=8, num_cross_attention_heads=1, num_labels=700, num_frames=16,
+    audio_samples_per_frame=1920, samples_per_patch=16, image_size=224, output_shape=(1, 16, 224, 224),
+    output_num_channels=512,
+)  # fmt: skip
 # Small stand-ins with the same structure, for `--tiny` runs (tests) on any machine. No attention dropout:
 # its random-number code is most of the compile time of a tiny training step.
 TINY_LANGUAGE = dict(

@@ -132,9 +132,8 @@ def train_batches(
     read = grain.ReadOptions(num_threads=max(num_workers, 1), prefetch_buffer_size=2)
     iterator = batches[start_batch:].to_iter_dataset(read)
     if num_workers > 0:
-        if (
-            not flags.FLAGS.is_parsed()
-        ):  # Grain's workers read absl flags; outside absl.app (tests) parse none
+        # Grain's workers read absl flags; outside absl.app (tests) parse none.
+        if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
         iterator = iterator.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=num_workers), worker_init_fn=_exit_with_parent

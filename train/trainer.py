@@ -22,7 +22,8 @@ from jax.experimental import multihost_utils
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from train import build, checkpoint, config_checks, partitioning, pipeline, report
-from train.tasks import get_task
+from perceiver_jax import PerceiverConfig
+from train.tasks import Data, Task, get_task
 
 log = logging.getLogger("train")
 # Parameter subtrees `config.init_from` copies from a pretrained model: shared by all heads of a modality.
@@ -55,6 +56,16 @@ def _initial_state(run: build.Run, config: ml_collections.ConfigDict, task, mode
     return state.replace(params=params, model_state=model_state)
 
 
+def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Task, Data, PerceiverConfig, build.Run]:
+    """The task of `config`, its data (which may write into `workdir`, e.g. a demo set), the model config
+    with the data's class names, and the run built on the config's mesh."""
+    task = get_task(config.task)
+    data = task.data(config, build.model_config_of(config), workdir)
+    model_config = build.model_config_of(config, data.labels)
+    mesh = partitioning.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    return task, data, model_config, build.build(config, task, model_config, mesh)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains per `config` in `workdir` (resuming from its newest readable checkpoint), evaluates on the
     held-out split, writes metrics, checkpoints, `loss_curve.png` and `summary.json`, and returns the summary.
@@ -70,15 +81,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # --- Setup: checks, lock, task, data, mesh, the compiled functions.
     config_checks.check(config)
     lock = checkpoint.WorkdirLock(workdir) if primary else None
-    task = get_task(config.task)
-    model_config = build.model_config_of(config)
-    data = task.data(config, model_config, workdir)
-    model_config = build.model_config_of(config, data.labels)
-    mesh = partitioning.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
-    run = build.build(config, task, model_config, mesh)
+    task, data, model_config, run = setup(config, workdir)
     batch_size = config.global_batch_size
     rows = pipeline.local_rows(run.batch_sharding, batch_size)
-    log.info("mesh %s; %d train / %d eval examples", dict(mesh.shape), len(data.train), len(data.eval))
+    log.info("mesh %s; %d train / %d eval examples", dict(run.mesh.shape), len(data.train), len(data.eval))
 
     def batches(start_batch: int):
         return pipeline.train_batches(
