@@ -91,9 +91,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.frame_size = (368, 496)  # synthetic flow: frame size (at least model.train_size)
     config.data.num_train_pairs = 4096  # synthetic flow
     config.data.num_eval_pairs = 64
-    # synthetic flow: layers and their largest motions (px, radians, relative scale)
+    # synthetic flow: layers, their largest motions (px, radians, relative scale) and the range of texture
+    # pixels per frame pixel (below 0.5: magnified, smoother textures)
     config.data.synthetic_motion = dict(
-        max_foreground=3, max_translation=10.0, max_rotation=0.1, max_scale_change=0.1
+        max_foreground=3,
+        max_translation=10.0,
+        max_rotation=0.1,
+        max_scale_change=0.1,
+        texture_scale=(0.5, 1.0),
     )
     # optical_flow: ((first step, augmentation strength, flip probability), ...)
     config.data.curriculum = ((0, 1.0, 0.5),)

@@ -34,7 +34,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.num_train_pairs = 2048
     config.data.num_eval_pairs = 64
     config.data.synthetic_motion = dict(
-        max_foreground=2, max_translation=3.0, max_rotation=0.05, max_scale_change=0.05
+        max_foreground=2,
+        max_translation=3.0,
+        max_rotation=0.05,
+        max_scale_change=0.05,
+        texture_scale=(0.5, 1.0),
     )
     config.data.curriculum = ((0, 0.5, 0.5), (600, 0.0, 0.0))
     config.data.num_report_pairs = 2

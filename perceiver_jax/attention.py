@@ -144,14 +144,8 @@ class Attention(nn.Module, kw_only=True):
         """
 
         def projection(width, in_axis, out_axis, name):
-            return dense(
-                width,
-                in_axis=in_axis,
-                out_axis=out_axis,
-                init_std=self.init_std,
-                settings=self.settings,
-                name=name,
-            )
+            common = dict(init_std=self.init_std, settings=self.settings, name=name)
+            return dense(width, in_axis=in_axis, out_axis=out_axis, **common)
 
         def heads(x):  # (B, T, H * D) -> (B, T, H, D)
             x = x.reshape(x.shape[:-1] + (self.num_heads, x.shape[-1] // self.num_heads))
@@ -205,19 +199,14 @@ class MLP(nn.Module, kw_only=True):
         return constrain(out, BATCH, LENGTH, ACT_EMBED)
 
 
-class CrossAttention(nn.Module, kw_only=True):
-    """Perceiver cross-attention layer: queries attend to normalised inputs, then an MLP.
-
-    `out = a + MLP(LN(a))` with `a = Attention(LN(queries), LN(inputs)) [+ queries]`. The query residual
-    adds the un-normalised queries (HF's `use_query_residual`); it is off in decoders whose queries are
-    positions rather than features.
+class _AttentionLayer(nn.Module, kw_only=True):
+    """Fields and body shared by the cross- and self-attention layers: `out = a + MLP(LN(a))` with
+    `a = Attention(queries', inputs') [+ queries]`, where the primes are the layers' normalised streams.
 
     Attributes:
-      num_heads, qk_channels, v_channels: attention shape (None: qk takes the width named by
-        `shape_for_attention`, v takes qk's, as in HF).
+      num_heads, qk_channels, v_channels: attention shape (None: see the subclass).
       widening_factor: MLP hidden width / query width.
       use_query_residual: add the queries to the attention output.
-      shape_for_attention: 'kv' or 'q', which width `qk_channels=None` defaults to.
       dropout_rate: attention dropout; norm_eps: LayerNorm epsilon; init_std: kernel init std.
     """
 
@@ -226,11 +215,48 @@ class CrossAttention(nn.Module, kw_only=True):
     v_channels: int | None = None
     widening_factor: int = 1
     use_query_residual: bool = True
-    shape_for_attention: str = "kv"
     dropout_rate: float = 0.0
     norm_eps: float = 1e-5
     init_std: float = 0.02
     settings: Settings = Settings()
+
+    def _norm(self, name: str) -> nn.LayerNorm:
+        return layer_norm(eps=self.norm_eps, settings=self.settings, name=name)
+
+    def _attend_then_mlp(self, queries, normed_queries, normed_inputs, qk, inputs_mask, deterministic):
+        """`queries` `(B, M, Cq)` and their normalised form, normalised inputs `(B, N, Ckv)` -> `(B, M, Cq)`
+        and the attention probabilities `(B, H, M, N)`; called from the subclasses' compact `__call__`."""
+        attention = Attention(
+            num_heads=self.num_heads,
+            qk_channels=qk,
+            v_channels=self.v_channels or qk,
+            output_channels=queries.shape[-1],
+            dropout_rate=self.dropout_rate,
+            init_std=self.init_std,
+            settings=self.settings,
+            name="attention",
+        )
+        attended, probs = attention(
+            normed_queries, normed_inputs, kv_mask=inputs_mask, deterministic=deterministic
+        )
+        if self.use_query_residual:
+            attended = attended + queries
+        mlp = MLP(
+            widening_factor=self.widening_factor, init_std=self.init_std, settings=self.settings, name="mlp"
+        )
+        return attended + mlp(self._norm("mlp_norm")(attended)), probs
+
+
+class CrossAttention(_AttentionLayer, kw_only=True):
+    """Perceiver cross-attention layer: queries attend to normalised inputs, then an MLP.
+
+    `out = a + MLP(LN(a))` with `a = Attention(LN(queries), LN(inputs)) [+ queries]`. The query residual
+    adds the un-normalised queries (HF's `use_query_residual`); it is off in decoders whose queries are
+    positions rather than features. `qk_channels=None` takes the width named by `shape_for_attention`
+    ('kv' or 'q'), `v_channels=None` takes qk's, as in HF.
+    """
+
+    shape_for_attention: str = "kv"
 
     @nn.compact
     def __call__(
@@ -243,84 +269,26 @@ class CrossAttention(nn.Module, kw_only=True):
     ) -> tuple[jax.Array, jax.Array | None]:
         """`queries` `(B, M, Cq)`, `inputs` `(B, N, Ckv)`, `inputs_mask` `(B, N)` -> `(B, M, Cq)` and the
         attention probabilities `(B, H, M, N)`."""
-        q_dim, kv_dim = queries.shape[-1], inputs.shape[-1]
-        qk = self.qk_channels or (kv_dim if self.shape_for_attention == "kv" else q_dim)
-
-        def norm(name):
-            return layer_norm(eps=self.norm_eps, settings=self.settings, name=name)
-
-        attention = Attention(
-            num_heads=self.num_heads,
-            qk_channels=qk,
-            v_channels=self.v_channels or qk,
-            output_channels=q_dim,
-            dropout_rate=self.dropout_rate,
-            init_std=self.init_std,
-            settings=self.settings,
-            name="attention",
+        width = inputs.shape[-1] if self.shape_for_attention == "kv" else queries.shape[-1]
+        normed_queries, normed_inputs = self._norm("query_norm")(queries), self._norm("kv_norm")(inputs)
+        return self._attend_then_mlp(
+            queries, normed_queries, normed_inputs, self.qk_channels or width, inputs_mask, deterministic
         )
-        attended, probs = attention(
-            norm("query_norm")(queries),
-            norm("kv_norm")(inputs),
-            kv_mask=inputs_mask,
-            deterministic=deterministic,
-        )
-        if self.use_query_residual:
-            attended = attended + queries
-        mlp = MLP(
-            widening_factor=self.widening_factor, init_std=self.init_std, settings=self.settings, name="mlp"
-        )
-        return attended + mlp(norm("mlp_norm")(attended)), probs
 
 
-class SelfAttention(nn.Module, kw_only=True):
+class SelfAttention(_AttentionLayer, kw_only=True):
     """Perceiver self-attention layer on the latents: `a = Attn(LN(z)) [+ z]`, `out = a + MLP(LN(a))`.
 
-    Attributes:
-      num_heads, qk_channels, v_channels: attention shape (None: the latent width D; `v_channels` must
-        equal D, as in HF where the output projection keeps the value width).
-      widening_factor: MLP hidden width / D.
-      use_query_residual: add the latents to the attention output (HF always does).
-      dropout_rate: attention dropout; norm_eps: LayerNorm epsilon; init_std: kernel init std.
+    `qk_channels=None` takes the latent width D; `v_channels` must equal D, as in HF where the output
+    projection keeps the value width. HF always adds the query residual.
     """
-
-    num_heads: int = 1
-    qk_channels: int | None = None
-    v_channels: int | None = None
-    widening_factor: int = 1
-    use_query_residual: bool = True
-    dropout_rate: float = 0.0
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
-    settings: Settings = Settings()
 
     @nn.compact
     def __call__(
         self, latents: jax.Array, *, deterministic: bool = True
     ) -> tuple[jax.Array, jax.Array | None]:
         """`latents` `(B, N, D)` -> `(B, N, D)` and the attention probabilities `(B, H, N, N)`."""
-        width = latents.shape[-1]
-        qk = self.qk_channels or width
-
-        def norm(name):
-            return layer_norm(eps=self.norm_eps, settings=self.settings, name=name)
-
-        normed = norm("query_norm")(latents)
-        attention = Attention(
-            num_heads=self.num_heads,
-            qk_channels=qk,
-            v_channels=self.v_channels or qk,
-            output_channels=width,
-            dropout_rate=self.dropout_rate,
-            init_std=self.init_std,
-            settings=self.settings,
-            name="attention",
-        )
-        attended, probs = attention(normed, normed, deterministic=deterministic)
-        if self.use_query_residual:
-            attended = attended + latents
-        mlp = MLP(
-            widening_factor=self.widening_factor, init_std=self.init_std, settings=self.settings, name="mlp"
-        )
-        out = attended + mlp(norm("mlp_norm")(attended))
+        normed = self._norm("query_norm")(latents)
+        qk = self.qk_channels or latents.shape[-1]
+        out, probs = self._attend_then_mlp(latents, normed, normed, qk, None, deterministic)
         return constrain(out, BATCH, LENGTH, ACT_EMBED), probs

@@ -148,14 +148,8 @@ class BasicDecoder(Decoder, kw_only=True):
             settings=self.settings,
         )
         if self.final_project:
-            self.final_layer = dense(
-                self.output_num_channels,
-                in_axis=EMBED,
-                out_axis=CLASSES,
-                init_std=cfg.initializer_range,
-                settings=self.settings,
-                name="final_layer",
-            )
+            common = dict(init_std=cfg.initializer_range, settings=self.settings, name="final_layer")
+            self.final_layer = dense(self.output_num_channels, in_axis=EMBED, out_axis=CLASSES, **common)
 
     def num_query_channels(self) -> int:
         """The position encoding's width (queries from elsewhere: `num_channels`)."""
@@ -361,14 +355,8 @@ class ProjectionDecoder(Decoder, kw_only=True):
         self, query: None, z: jax.Array, *, deterministic: bool = True, output_attentions: bool = False
     ) -> Outputs:
         """`z` `(B, N, D)` -> `(B, num_labels)` (no attention: probabilities None)."""
-        classifier = dense(
-            self.num_labels,
-            in_axis=EMBED,
-            out_axis=CLASSES,
-            init_std=self.init_std,
-            settings=self.settings,
-            name="classifier",
-        )
+        common = dict(init_std=self.init_std, settings=self.settings, name="classifier")
+        classifier = dense(self.num_labels, in_axis=EMBED, out_axis=CLASSES, **common)
         return classifier(jnp.mean(z, axis=1)), None
 
 

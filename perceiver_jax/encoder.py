@@ -44,6 +44,8 @@ class PerceiverEncoder(nn.Module, kw_only=True):
         cross-attention's `(B, H, N, M)`) when asked for."""
         cfg = self.config
         common = dict(
+            qk_channels=cfg.qk_channels,
+            v_channels=cfg.v_channels,
             dropout_rate=cfg.attention_probs_dropout_prob,
             norm_eps=cfg.norm_eps,
             init_std=cfg.initializer_range,
@@ -59,8 +61,6 @@ class PerceiverEncoder(nn.Module, kw_only=True):
         z = constrain(z, BATCH, LENGTH, ACT_EMBED)
         cross_attention = CrossAttention(
             num_heads=cfg.num_cross_attention_heads,
-            qk_channels=cfg.qk_channels,
-            v_channels=cfg.v_channels,
             widening_factor=cfg.cross_attention_widening_factor,
             use_query_residual=cfg.use_query_residual,
             shape_for_attention=cfg.cross_attention_shape_for_attention,
@@ -100,8 +100,6 @@ class PerceiverEncoder(nn.Module, kw_only=True):
         )
         layer = SelfAttention(
             num_heads=cfg.num_self_attention_heads,
-            qk_channels=cfg.qk_channels,
-            v_channels=cfg.v_channels,
             widening_factor=cfg.self_attention_widening_factor,
             use_query_residual=cfg.self_attention_use_query_residual,
             name="self_attends",

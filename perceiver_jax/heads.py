@@ -124,23 +124,31 @@ class PerceiverHead(nn.Module):
             settings=self.settings,
         )
 
+    def _learned(self, index_dims: tuple[int, ...], num_channels: int) -> TrainablePositionEncoding:
+        """A learned position table `index_dims` x `num_channels` with the config's init."""
+        init_std = self.config.initializer_range
+        return TrainablePositionEncoding(
+            index_dims=tuple(index_dims), num_channels=num_channels, init_std=init_std, settings=self.settings
+        )
+
+    def _decoder(self, output_num_channels: int, attention, **options: Any) -> BasicDecoder:
+        """A `BasicDecoder` with the attention shape `attention` (a `DecoderAttention`) and `options`."""
+        attention = dataclasses.asdict(attention)
+        return BasicDecoder(
+            config=self.config,
+            output_num_channels=output_num_channels,
+            **attention,
+            **options,
+            settings=self.settings,
+        )
+
     def _classification_decoder(self) -> ClassificationDecoder:
         """HF's `PerceiverClassificationDecoder`: one learned query of width d_latents."""
         cfg = self.config
-        query = TrainablePositionEncoding(
-            index_dims=(1,),
-            num_channels=cfg.d_latents,
-            init_std=cfg.initializer_range,
-            settings=self.settings,
+        query = self._learned((1,), cfg.d_latents)
+        return ClassificationDecoder(
+            decoder=self._decoder(cfg.num_labels, cfg.classification_decoder, output_position_encodings=query)
         )
-        decoder = BasicDecoder(
-            config=cfg,
-            output_num_channels=cfg.num_labels,
-            output_position_encodings=query,
-            **dataclasses.asdict(cfg.classification_decoder),
-            settings=self.settings,
-        )
-        return ClassificationDecoder(decoder=decoder)
 
 
 def _check_batch(batch_size: int, what: str) -> None:
@@ -195,19 +203,9 @@ class PerceiverForMaskedLM(_TextHead):
     def setup(self):
         cfg = self.config
         attention = dataclasses.replace(cfg.mlm_decoder, v_channels=cfg.mlm_decoder.v_channels or cfg.d_model)
-        queries = TrainablePositionEncoding(
-            index_dims=(cfg.mlm_num_queries,),
-            num_channels=cfg.d_model,
-            init_std=cfg.initializer_range,
-            settings=self.settings,
-        )
-        decoder = BasicDecoder(
-            config=cfg,
-            output_num_channels=cfg.d_latents,
-            output_position_encodings=queries,
-            final_project=False,
-            **dataclasses.asdict(attention),
-            settings=self.settings,
+        queries = self._learned((cfg.mlm_num_queries,), cfg.d_model)
+        decoder = self._decoder(
+            cfg.d_latents, attention, output_position_encodings=queries, final_project=False
         )
         self.perceiver = self._perceiver(input_preprocessor=self._text_preprocessor(), decoder=decoder)
         self.embedding_decoder = EmbeddingDecoder(vocab_size=cfg.vocab_size, settings=self.settings)
@@ -271,12 +269,7 @@ class PerceiverForImageClassificationLearned(_ImageClassifier):
 
     def _image_preprocessor(self) -> ImagePreprocessor:
         cfg = self.config
-        table = TrainablePositionEncoding(
-            index_dims=cfg.image_hw,
-            num_channels=cfg.image_learned_pos_channels,
-            init_std=cfg.initializer_range,
-            settings=self.settings,
-        )
+        table = self._learned(cfg.image_hw, cfg.image_learned_pos_channels)
         positions = PositionEncodingProjector(
             encoding=table,
             output_channels=cfg.image_learned_project_pos_dim,
@@ -398,13 +391,8 @@ class PerceiverForOpticalFlow(PerceiverHead):
             init_std=cfg.initializer_range,
             settings=self.settings,
         )
-        decoder = BasicDecoder(
-            config=cfg,
-            output_num_channels=2,
-            num_channels=preprocessor.num_channels(),
-            chunk_size=self.chunk_size,
-            **dataclasses.asdict(cfg.flow_decoder),
-            settings=self.settings,
+        decoder = self._decoder(
+            2, cfg.flow_decoder, num_channels=preprocessor.num_channels(), chunk_size=self.chunk_size
         )
         flow_decoder = OpticalFlowDecoder(
             decoder=decoder, output_image_shape=tuple(cfg.train_size), rescale_factor=cfg.flow_rescale_factor
@@ -514,9 +502,7 @@ class PerceiverForMultimodalAutoencoding(PerceiverHead):
                 settings=self.settings,
             )
 
-        label_positions = TrainablePositionEncoding(
-            index_dims=(1,), num_channels=cfg._label_trainable_num_channels, **common
-        )
+        label_positions = self._learned((1,), cfg._label_trainable_num_channels)
         decoder = MultimodalDecoder(
             config=cfg,
             modalities=Modalities(
@@ -537,11 +523,11 @@ class PerceiverForMultimodalAutoencoding(PerceiverHead):
         postprocessor = MultimodalPostprocessor(
             modalities=Modalities(
                 members={
-                    "audio": AudioPostprocessor(samples_per_patch=cfg.samples_per_patch, **common),
+                    "audio": AudioPostprocessor(out_channels=cfg.samples_per_patch, **common),
                     "image": ProjectionPostprocessor(
                         out_channels=cfg.multimodal_image_output_channels, **common
                     ),
-                    "label": ClassificationPostprocessor(num_labels=cfg.num_labels, **common),
+                    "label": ClassificationPostprocessor(out_channels=cfg.num_labels, **common),
                 }
             )
         )

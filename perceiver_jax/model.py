@@ -106,11 +106,9 @@ class PerceiverModel(nn.Module, kw_only=True):
         query = self.decoder.decoder_query(
             inputs, modality_sizes, encoded.inputs_without_pos, subsampled_points=subsampled_output_points
         )
+        latents = encoded.output.last_hidden_state
         outputs, probs = self.decoder(
-            query,
-            encoded.output.last_hidden_state,
-            deterministic=deterministic,
-            output_attentions=output_attentions,
+            query, latents, deterministic=deterministic, output_attentions=output_attentions
         )
         if self.output_postprocessor is not None:
             outputs = self.output_postprocessor(outputs, modality_sizes=output_sizes or modality_sizes)
@@ -145,17 +143,12 @@ class PerceiverModel(nn.Module, kw_only=True):
           A `PerceiverOutput`: `logits` the decoder (and postprocessor) outputs (None without a decoder),
           `last_hidden_state` the final latents `(B, N, D)`, and what was asked for.
         """
+        flags = dict(deterministic=deterministic, output_attentions=output_attentions)
         encoded = self.encode(
             inputs,
             attention_mask=attention_mask,
-            deterministic=deterministic,
             interpolate_pos_encoding=interpolate_pos_encoding,
             output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
+            **flags,
         )
-        return self.decode(
-            encoded,
-            subsampled_output_points=subsampled_output_points,
-            deterministic=deterministic,
-            output_attentions=output_attentions,
-        )
+        return self.decode(encoded, subsampled_output_points=subsampled_output_points, **flags)

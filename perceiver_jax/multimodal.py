@@ -41,7 +41,7 @@ import numpy as np
 from perceiver_jax.config import PerceiverConfig
 from perceiver_jax.decoders import BasicDecoder, Decoder, Outputs
 from perceiver_jax.position_encoding import PositionEncoding, linear_positions
-from perceiver_jax.postprocessors import Postprocessor, classifier_dense
+from perceiver_jax.postprocessors import Postprocessor, ProjectionPostprocessor
 from perceiver_jax.preprocessors import Preprocessor, no_interpolation
 from perceiver_jax.settings import Settings
 from perceiver_jax.sharding import ACT_EMBED, BATCH, EMBED, LENGTH, constrain, partitioned
@@ -410,22 +410,13 @@ class MultimodalDecoder(Decoder, kw_only=True):
         return self.decoder(query, z, deterministic=deterministic, output_attentions=output_attentions)
 
 
-class AudioPostprocessor(Postprocessor, kw_only=True):
-    """HF's `PerceiverAudioPostprocessor`: Dense `classifier` to S samples per token, flattened.
+class AudioPostprocessor(ProjectionPostprocessor, kw_only=True):
+    """HF's `PerceiverAudioPostprocessor`: the Dense `classifier` to `out_channels` = S samples per token,
+    flattened."""
 
-    Attributes:
-      samples_per_patch: S.
-      init_std: std of the kernel initialiser.
-    """
-
-    samples_per_patch: int
-    init_std: float = 0.02
-    settings: Settings = Settings()
-
-    @nn.compact
     def __call__(self, inputs: jax.Array, *, modality_sizes: Mapping[str, int] | None = None) -> jax.Array:
         """`inputs` `(B, O, C)` -> audio samples `(B, O * S)`."""
-        return classifier_dense(self, self.samples_per_patch)(inputs).reshape(inputs.shape[0], -1)
+        return super().__call__(inputs).reshape(inputs.shape[0], -1)
 
 
 class MultimodalPostprocessor(Postprocessor, kw_only=True):

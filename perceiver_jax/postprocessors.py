@@ -25,33 +25,9 @@ class Postprocessor(nn.Module):
         raise NotImplementedError
 
 
-def classifier_dense(module: nn.Module, features: int) -> nn.Dense:
-    """The Dense `classifier` (HF's name) of a postprocessor with `init_std` and `settings`."""
-    return dense(
-        features,
-        in_axis=EMBED,
-        out_axis=CLASSES,
-        init_std=module.init_std,
-        settings=module.settings,
-        name="classifier",
-    )
-
-
-class ClassificationPostprocessor(Postprocessor, kw_only=True):
-    """Decoder output `(B, M, C)` -> class logits of the first query `(B, num_labels)` (Dense `classifier`)."""
-
-    num_labels: int
-    init_std: float = 0.02
-    settings: Settings = Settings()
-
-    @nn.compact
-    def __call__(self, inputs: jax.Array, *, modality_sizes: Mapping[str, int] | None = None) -> jax.Array:
-        """`inputs` `(B, M, C)` -> `(B, num_labels)`."""
-        return classifier_dense(self, self.num_labels)(inputs)[:, 0, :]
-
-
 class ProjectionPostprocessor(Postprocessor, kw_only=True):
-    """Projects the channels of the decoder output: `(B, M, C)` -> `(B, M, out_channels)`."""
+    """Projects the channels of the decoder output with the Dense `classifier` (HF's name):
+    `(B, M, C)` -> `(B, M, out_channels)`."""
 
     out_channels: int
     init_std: float = 0.02
@@ -60,4 +36,13 @@ class ProjectionPostprocessor(Postprocessor, kw_only=True):
     @nn.compact
     def __call__(self, inputs: jax.Array, *, modality_sizes: Mapping[str, int] | None = None) -> jax.Array:
         """`inputs` `(B, M, C)` -> `(B, M, out_channels)`."""
-        return classifier_dense(self, self.out_channels)(inputs)
+        common = dict(init_std=self.init_std, settings=self.settings)
+        return dense(self.out_channels, in_axis=EMBED, out_axis=CLASSES, name="classifier", **common)(inputs)
+
+
+class ClassificationPostprocessor(ProjectionPostprocessor, kw_only=True):
+    """Class logits of the first query: `(B, M, C)` -> `(B, out_channels)`, `out_channels` = the labels."""
+
+    def __call__(self, inputs: jax.Array, *, modality_sizes: Mapping[str, int] | None = None) -> jax.Array:
+        """`inputs` `(B, M, C)` -> `(B, out_channels)`."""
+        return super().__call__(inputs)[:, 0, :]

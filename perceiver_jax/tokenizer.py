@@ -202,26 +202,12 @@ class PerceiverTokenizer:
         return {key: _to_tensor(value, return_tensors) for key, value in out.items()}
 
     def encode(
-        self,
-        text: str | Sequence[str],
-        text_pair: str | Sequence[str] | None = None,
-        *,
-        add_special_tokens: bool = True,
-        padding: bool | str = False,
-        truncation: bool | str | None = None,
-        max_length: int | None = None,
+        self, text: str | Sequence[str], text_pair: str | Sequence[str] | None = None, **options: Any
     ) -> list[int] | list[list[int]]:
-        """Returns only the `input_ids` of `self(...)`: a list of L ints for a str, a list of B lists for a
-        batch. The arguments are those of `__call__`."""
-        return self(
-            text,
-            text_pair,
-            add_special_tokens=add_special_tokens,
-            padding=padding,
-            truncation=truncation,
-            max_length=max_length,
-            return_attention_mask=False,
-        )["input_ids"]
+        """Returns only the `input_ids` of `self(text, text_pair, **options)`: a list of L ints for a str, a
+        list of B lists for a batch. `options` are `__call__`'s `add_special_tokens`, `padding`,
+        `truncation` and `max_length`."""
+        return self(text, text_pair, **options, return_attention_mask=False)["input_ids"]
 
     def decode(self, token_ids: Any, skip_special_tokens: bool = False) -> str | list[str]:
         """Turns ids back into text.

@@ -169,7 +169,7 @@ def test_bad_trainer_fields_are_named_with_the_fix(tmp_path, changes, message):
 def test_the_command_line_names_an_unknown_field(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "train", "--config", "configs/mlm_tiny.py", f"--workdir={tmp_path}",
-         "--config.model.num_layers=2"],
+         "--config.num_train_steps=5", "--config.model.num_layers=2"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2

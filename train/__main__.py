@@ -8,6 +8,7 @@ wrong and what to do (exit status 1; 2 for a field that does not exist), not a t
 """
 
 import logging
+import re
 import sys
 
 import jax
@@ -39,9 +40,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return FLAGS(argv)
     except (AttributeError, KeyError) as e:
-        field = next((a.split("=")[0] for a in argv if a.startswith("--config.")), "--config.<field>")
         inner = e.args[0] if e.args else e  # ml_collections wraps the KeyError in an AttributeError
         hint = str(inner.args[0] if isinstance(inner, KeyError) and inner.args else inner).replace("\n", " ")
+        names = [a.split("=")[0] for a in argv if a.startswith("--config.")] or ["--config.<field>"]
+        key = re.match(r"'([^']*)'", hint)  # the unknown name, quoted first in ml_collections' message
+        field = next((n for n in names if key and n.rsplit(".", 1)[-1] == key.group(1)), names[0])
         print(
             f"error: {field} is not a field of the config ({hint}); configs/default.py lists them.",
             file=sys.stderr,

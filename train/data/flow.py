@@ -669,13 +669,15 @@ def _random_motion(
     )
 
 
-def _random_texture_map(rng: np.random.Generator, texture: np.ndarray, frame_center: np.ndarray) -> Affine:
-    """Frame points -> texture pixels: a random rotation, 0.5-1 texture pixels per frame pixel, the frame
-    centre sent to a random texture point."""
+def _random_texture_map(
+    rng: np.random.Generator, texture: np.ndarray, frame_center: np.ndarray, scale: tuple[float, float]
+) -> Affine:
+    """Frame points -> texture pixels: a random rotation, `U(*scale)` texture pixels per frame pixel, the
+    frame centre sent to a random texture point."""
     h, w = texture.shape[:2]
     target = rng.uniform([0, 0], [w - 1, h - 1])
     return Affine.similarity(
-        frame_center, rng.uniform(-np.pi, np.pi), rng.uniform(0.5, 1.0), target - frame_center
+        frame_center, rng.uniform(-np.pi, np.pi), rng.uniform(*scale), target - frame_center
     )
 
 
@@ -686,12 +688,14 @@ def sample_layers(
     max_translation: float,
     max_rotation: float,
     max_scale_change: float,
+    texture_scale: tuple[float, float] = (0.5, 1.0),
 ) -> list[Layer]:
     """A random scene: a background and 1 to `max_foreground` (none if 0) star-shaped foreground layers
     (`STAR_VERTICES` radii, each 0.5-1.5 times a mean of 0.1-0.35 times the frame's shorter side). Each
     layer has a random `texture_images()` texture and a random similarity motion about its centre:
     translation in `[-max_translation, max_translation]` px per axis, rotation in
-    `[-max_rotation, max_rotation]` rad, scale `exp(U(-max_scale_change, max_scale_change))`."""
+    `[-max_rotation, max_rotation]` rad, scale `exp(U(-max_scale_change, max_scale_change))`. Textures are
+    sampled at `U(*texture_scale)` texture pixels per frame pixel (below 0.5: magnified, smoother frames)."""
     height, width = size
     images = texture_images()
     frame_center = np.array([(width - 1) / 2, (height - 1) / 2])
@@ -701,7 +705,7 @@ def sample_layers(
         texture = images[rng.integers(len(images))]
         return Layer(
             texture,
-            _random_texture_map(rng, texture, frame_center),
+            _random_texture_map(rng, texture, frame_center, texture_scale),
             _random_motion(rng, center, *motion),
             shape,
         )
@@ -728,6 +732,7 @@ class SyntheticFlowSource:
         max_translation: float = 10.0,
         max_rotation: float = 0.1,
         max_scale_change: float = 0.1,
+        texture_scale: tuple[float, float] = (0.5, 1.0),
     ):
         if len(size) != 2 or any(not isinstance(n, (int, np.integer)) or n < 1 for n in size):
             raise ValueError(f"size must be (height, width), positive integers; got {size!r}.")
@@ -737,6 +742,11 @@ class SyntheticFlowSource:
             )
         if min(max_translation, max_rotation, max_scale_change) < 0:
             raise ValueError("max_translation, max_rotation and max_scale_change must be >= 0.")
+        if not 0 < texture_scale[0] <= texture_scale[1]:
+            raise ValueError(
+                f"texture_scale must be (low, high) with 0 < low <= high; got {texture_scale!r}."
+            )
+        self.texture_scale = (float(texture_scale[0]), float(texture_scale[1]))
         self.size = (int(size[0]), int(size[1]))
         self.length, self.seed, self.max_foreground = int(length), int(seed), int(max_foreground)
         self.max_translation, self.max_rotation = float(max_translation), float(max_rotation)
@@ -757,6 +767,7 @@ class SyntheticFlowSource:
             self.max_translation,
             self.max_rotation,
             self.max_scale_change,
+            self.texture_scale,
         )
         return render_layers(layers, self.size)
 
