@@ -215,6 +215,15 @@ def peak_rss_mib() -> float:
     raise OSError("no VmHWM in /proc/self/status")
 
 
+def lower_and_compile(fn, *args) -> tuple[Any, float, float]:
+    """`fn.lower(*args).compile()` (a jitted `fn`): the compiled program, lower seconds, compile seconds."""
+    start = time.perf_counter()
+    lowered = fn.lower(*args)
+    middle = time.perf_counter()
+    compiled = lowered.compile()
+    return compiled, middle - start, time.perf_counter() - middle
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub markdown table; floats are printed with 3 significant digits, None as 'n/a'."""
 
@@ -230,3 +239,9 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def columns_table(rows: Sequence[dict], columns: Sequence[tuple[str, str | Callable[[dict], Any]]]) -> str:
+    """`markdown_table` of `rows` with `columns` (header, row key or function of the row)."""
+    cells = [[get(r) if callable(get) else r[get] for _, get in columns] for r in rows]
+    return markdown_table([header for header, _ in columns], cells)

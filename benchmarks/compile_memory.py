@@ -46,14 +46,6 @@ def _abstract_train_state(model, args):
     return step, params, jax.eval_shape(optimizer.init, params)
 
 
-def _lower_compile(fn, *args) -> tuple[Any, float, float]:
-    start = time.perf_counter()
-    lowered = fn.lower(*args)
-    middle = time.perf_counter()
-    compiled = lowered.compile()
-    return compiled, middle - start, time.perf_counter() - middle
-
-
 def compile_times(
     overrides: dict[str, Any], depths: Sequence[int], batch_size: int, seq_len: int, repeats: int = 1
 ) -> list[dict[str, Any]]:
@@ -69,8 +61,10 @@ def compile_times(
         for _ in range(repeats):
             step, params, opt_state = _abstract_train_state(model, args)
             forward = jax.jit(lambda p, *a: model.apply({"params": p}, **workloads.head_kwargs(a)))
-            _, lower_s, compile_s = _lower_compile(forward, params, *args)
-            _, train_lower_s, train_compile_s = _lower_compile(step, params, opt_state, 0, args, labels)
+            _, lower_s, compile_s = common.lower_and_compile(forward, params, *args)
+            _, train_lower_s, train_compile_s = common.lower_and_compile(
+                step, params, opt_state, 0, args, labels
+            )
             for key, value in (
                 ("forward_lower_s", lower_s),
                 ("forward_compile_s", compile_s),
@@ -139,14 +133,14 @@ def decode_memory(flow_overrides: dict[str, Any], chunk_sizes: Sequence[int | No
         frames = model.example_inputs(1)["inputs"]
         frames = jax.ShapeDtypeStruct(frames.shape, frames.dtype)
         params = jax.eval_shape(model.init, jax.random.key(0), frames)
-        head, _, compile_s = _lower_compile(jax.jit(model.apply), params, frames)
+        head, _, compile_s = common.lower_and_compile(jax.jit(model.apply), params, frames)
         # The head's decoder on its own: the queries are the preprocessed pixels (patch features + positions).
         width = config.flow_patch_channels + 2 * (2 * config.flow_num_bands + 1)
         decoder = BasicDecoder(config=config, output_num_channels=2, num_channels=width, chunk_size=chunk)
         query = jax.ShapeDtypeStruct((1, num_queries, width), jnp.float32)
         latents = jax.ShapeDtypeStruct((1, config.num_latents, config.d_latents), jnp.float32)
         decoder_params = jax.eval_shape(decoder.init, jax.random.key(0), query, latents)
-        alone, _, _ = _lower_compile(jax.jit(decoder.apply), decoder_params, query, latents)
+        alone, _, _ = common.lower_and_compile(jax.jit(decoder.apply), decoder_params, query, latents)
         rows.append(
             {
                 "queries": num_queries,
@@ -182,7 +176,7 @@ def multimodal_decode_memory(
         example = model.example_inputs(1)
         inputs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), example["inputs"])
         variables = jax.eval_shape(model.init, jax.random.key(0), **example)
-        compiled, _, compile_s = _lower_compile(jax.jit(model.apply), variables, inputs)
+        compiled, _, compile_s = common.lower_and_compile(jax.jit(model.apply), variables, inputs)
         stats = _memory_stats(compiled)
         points = height * width * config.output_shape[1]
         rows.append(dict(output_hw=(height, width), points=points, compile_s=compile_s, **stats))

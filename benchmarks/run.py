@@ -233,28 +233,16 @@ def compile_section(args) -> list[dict]:
 def compile_table(rows: list[dict]) -> str:
     """Markdown table of compile times, with the ratio to the shallowest model."""
     base = rows[0]
-    out = [
-        [
-            r["layers"],
-            r["forward_lower_s"],
-            r["forward_compile_s"],
-            f"{r['forward_compile_s'] / base['forward_compile_s']:.2f}x",
-            r["train_lower_s"],
-            r["train_compile_s"],
-            f"{r['train_compile_s'] / base['train_compile_s']:.2f}x",
-        ]
-        for r in rows
-    ]
-    headers = [
-        "self-attention layers",
-        "forward lower s",
-        "forward compile s",
-        "vs shallowest",
-        "train step lower s",
-        "train step compile s",
-        "vs shallowest",
-    ]
-    return common.markdown_table(headers, out)
+
+    def ratio(key):
+        return lambda r: f"{r[key] / base[key]:.2f}x"
+
+    return common.columns_table(rows, [
+        ("self-attention layers", "layers"), ("forward lower s", "forward_lower_s"),
+        ("forward compile s", "forward_compile_s"), ("vs shallowest", ratio("forward_compile_s")),
+        ("train step lower s", "train_lower_s"), ("train step compile s", "train_compile_s"),
+        ("vs shallowest", ratio("train_compile_s")),
+    ])  # fmt: skip
 
 
 def memory_section(args) -> list[dict]:
@@ -268,28 +256,12 @@ def memory_section(args) -> list[dict]:
 
 def memory_table(rows: list[dict]) -> str:
     """Markdown table of training memory."""
-    out = [
-        [
-            r["remat"],
-            r["temp_mib"],
-            r["arguments_mib"],
-            r["rss_before_step_mib"],
-            r["peak_rss_mib"],
-            r["peak_rss_mib"] - r["rss_before_step_mib"],
-            r["step_s"],
-        ]
-        for r in rows
-    ]
-    headers = [
-        "remat",
-        "XLA temp MiB",
-        "XLA arguments MiB",
-        "RSS before step MiB",
-        "peak RSS MiB",
-        "step's extra RSS MiB",
-        "step s (first run)",
-    ]
-    return common.markdown_table(headers, out)
+    return common.columns_table(rows, [
+        ("remat", "remat"), ("XLA temp MiB", "temp_mib"), ("XLA arguments MiB", "arguments_mib"),
+        ("RSS before step MiB", "rss_before_step_mib"), ("peak RSS MiB", "peak_rss_mib"),
+        ("step's extra RSS MiB", lambda r: r["peak_rss_mib"] - r["rss_before_step_mib"]),
+        ("step s (first run)", "step_s"),
+    ])  # fmt: skip
 
 
 def decode_section(args) -> list[dict]:
@@ -297,49 +269,22 @@ def decode_section(args) -> list[dict]:
     from benchmarks import compile_memory
 
     if args.tiny:
-        overrides = dict(
-            num_latents=16,
-            d_latents=32,
-            num_self_attends_per_block=1,
-            num_self_attention_heads=2,
-            num_cross_attention_heads=1,
-            train_size=[24, 32],
-        )
+        overrides = dict(num_latents=16, d_latents=32, num_self_attends_per_block=1, train_size=(24, 32))
+        overrides.update(num_self_attention_heads=2, num_cross_attention_heads=1)
         chunks = (None, 64)
     else:
-        overrides = dict(
-            num_latents=2048,
-            d_latents=512,
-            d_model=322,
-            num_self_attends_per_block=24,
-            num_self_attention_heads=16,
-            num_cross_attention_heads=1,
-            train_size=[368, 496],
-        )
+        overrides = workloads.OPTICAL_FLOW
         chunks = (None, 16384, 2048)
     return compile_memory.decode_memory(overrides, chunks)
 
 
 def decode_table(rows: list[dict]) -> str:
     """Markdown table of decoding memory."""
-    out = [
-        [
-            r["queries"],
-            "all" if r["chunk_size"] is None else r["chunk_size"],
-            r["decoder_temp_mib"],
-            r["head_temp_mib"],
-            r["head_compile_s"],
-        ]
-        for r in rows
-    ]
-    headers = [
-        "decoder queries",
-        "chunk_size",
-        "decoder alone: XLA temp MiB",
-        "whole head: XLA temp MiB",
-        "compile s",
-    ]
-    return common.markdown_table(headers, out)
+    return common.columns_table(rows, [
+        ("decoder queries", "queries"), ("chunk_size", lambda r: r["chunk_size"] or "all"),
+        ("decoder alone: XLA temp MiB", "decoder_temp_mib"), ("whole head: XLA temp MiB", "head_temp_mib"),
+        ("compile s", "head_compile_s"),
+    ])  # fmt: skip
 
 
 def targets(speed_rows: list[dict], compile_rows: list[dict], peaks: dict[str, float]) -> list[str]:
@@ -437,7 +382,6 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print("\n".join(report), flush=True)
     speed_rows: list[dict] = []
-    compile_rows: list[dict] = []
     peaks: dict[str, float] = {}
     if "speed" in sections:
         measured = [_peak(args, dtype) for dtype in PRECISIONS]
@@ -468,27 +412,19 @@ def main(argv: list[str] | None = None) -> int:
             speed_table(speed_rows, peaks),
         ]
     timings = {"speed": time.time() - started}
-    if "compile" in sections:
-        section_start = time.time()
-        compile_rows = compile_section(args)
-        timings["compile"] = time.time() - section_start
-        results["compile"] = compile_rows
-        report += ["", "## Compile time vs depth (language-perceiver widths, batch 1)", ""]
-        report.append(compile_table(compile_rows))
-    if "memory" in sections:
-        section_start = time.time()
-        rows = memory_section(args)
-        timings["memory"] = time.time() - section_start
-        results["memory"] = rows
-        report += ["", f"## Training-step memory vs remat (batch {args.train_batch}, fresh process each)", ""]
-        report.append(memory_table(rows))
-    if "decode" in sections:
-        section_start = time.time()
-        rows = decode_section(args)
-        timings["decode"] = time.time() - section_start
-        results["decode"] = rows
-        report += ["", "## Optical-flow decoding memory (one frame pair, inference)", ""]
-        report.append(decode_table(rows))
+    extra_sections = {
+        "compile": (compile_section, compile_table, "Compile time vs depth (language-perceiver widths, batch 1)"),
+        "memory": (memory_section, memory_table,
+                   f"Training-step memory vs remat (batch {args.train_batch}, fresh process each)"),
+        "decode": (decode_section, decode_table, "Optical-flow decoding memory (one frame pair, inference)"),
+    }  # fmt: skip
+    for name, (measure, table, title) in extra_sections.items():
+        if name in sections:
+            section_start = time.time()
+            results[name] = measure(args)
+            timings[name] = time.time() - section_start
+            report += ["", f"## {title}", "", table(results[name])]
+    compile_rows = results.get("compile", [])
     lines = targets(speed_rows, compile_rows, peaks)
     if lines:
         report += ["", "## Targets", ""] + [f"- {line}" for line in lines]

@@ -8,44 +8,25 @@ HF models are built from configs (no hub access) and converted in memory with
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, Callable
 
 import numpy as np
 
+from benchmarks import common
+from perceiver_jax.official import ARCHITECTURES
+
 # Dimensions of the official checkpoints.
-LANGUAGE_PERCEIVER = dict(qk_channels=256, v_channels=1280)  # transformers.PerceiverConfig() defaults else
-VISION_FOURIER = dict(
-    num_latents=512,
-    d_latents=1024,
-    d_model=261,
-    num_blocks=8,
-    num_self_attends_per_block=6,
-    num_self_attention_heads=8,
-    num_cross_attention_heads=1,
-    num_labels=1000,
-    image_size=224,
-)
-MULTIMODAL_PERCEIVER = dict(  # 19,858,855 parameters
-    num_latents=784, d_latents=512, d_model=704, num_blocks=1, num_self_attends_per_block=8,
-    num_self_attention_heads=8, num_cross_attention_heads=1, num_labels=700, num_frames=16,
-    audio_samples_per_frame=1920, samples_per_patch=16, image_size=224, output_shape=(1, 16, 224, 224),
-    output_num_channels=512,
-)  # fmt: skip
+LANGUAGE_PERCEIVER = ARCHITECTURES["deepmind/language-perceiver"]
+VISION_FOURIER = ARCHITECTURES["deepmind/vision-perceiver-fourier"]
+OPTICAL_FLOW = ARCHITECTURES["deepmind/optical-flow-perceiver"]
+MULTIMODAL_PERCEIVER = ARCHITECTURES["deepmind/multimodal-perceiver"]
 # Small stand-ins with the same structure, for `--tiny` runs (tests) on any machine. No attention dropout:
 # its random-number code is most of the compile time of a tiny training step.
 TINY_LANGUAGE = dict(
-    attention_probs_dropout_prob=0.0,
-    num_latents=16,
-    d_latents=64,
-    d_model=32,
-    num_self_attends_per_block=2,
-    num_self_attention_heads=4,
-    num_cross_attention_heads=4,
-    qk_channels=32,
-    v_channels=64,
+    attention_probs_dropout_prob=0.0, num_latents=16, d_latents=64, d_model=32, num_self_attends_per_block=2,
+    num_self_attention_heads=4, num_cross_attention_heads=4, qk_channels=32, v_channels=64,
     max_position_embeddings=64,
-)
+)  # fmt: skip
 TINY_VISION_FOURIER = dict(
     VISION_FOURIER, num_latents=16, d_latents=64, num_blocks=2, num_self_attends_per_block=2
 )
@@ -152,15 +133,9 @@ def jax_forward(pair: Pair, batch: Any) -> tuple[Callable[[], Any], dict[str, fl
 
     args = _jax_inputs(pair.head, batch)
     model = pair.model
-    start = time.perf_counter()
-    lowered = jax.jit(lambda v, *a: model.apply(v, **head_kwargs(a))).lower(pair.variables, *args)
-    lowered_at = time.perf_counter()
-    compiled = lowered.compile()
-    timing = {
-        "lower_s": lowered_at - start,
-        "compile_s": time.perf_counter() - lowered_at,
-        "compiled": compiled,
-    }
+    forward = jax.jit(lambda v, *a: model.apply(v, **head_kwargs(a)))
+    compiled, lower_s, compile_s = common.lower_and_compile(forward, pair.variables, *args)
+    timing = {"lower_s": lower_s, "compile_s": compile_s, "compiled": compiled}
     variables = pair.variables
     return (lambda: compiled(variables, *args).block_until_ready()), timing
 
@@ -241,15 +216,10 @@ def jax_train_step(
     state = {"params": jax.tree.map(jnp.copy, pair.variables["params"])}
     state["opt"] = optimizer.init(state["params"])
     state["step"] = 0
-    start = time.perf_counter()
-    lowered = step_fn.lower(state["params"], state["opt"], 0, args, labels)
-    lowered_at = time.perf_counter()
-    compiled = lowered.compile()
-    timing = {
-        "lower_s": lowered_at - start,
-        "compile_s": time.perf_counter() - lowered_at,
-        "compiled": compiled,
-    }
+    compiled, lower_s, compile_s = common.lower_and_compile(
+        step_fn, state["params"], state["opt"], 0, args, labels
+    )
+    timing = {"lower_s": lower_s, "compile_s": compile_s, "compiled": compiled}
 
     def run():
         state["params"], state["opt"], loss = compiled(

@@ -42,6 +42,37 @@ def model(**overrides) -> ml_collections.ConfigDict:
     return _fields(PerceiverConfig(**overrides))
 
 
+# The CPU demos' model: 32 latents of width 128, 2 self-attention layers, no attention dropout.
+DEMO_MODEL = dict(
+    num_latents=32, d_latents=128, num_self_attends_per_block=2, num_self_attention_heads=4,
+    num_cross_attention_heads=1, attention_probs_dropout_prob=0.0,
+)  # fmt: skip
+
+
+def demo(task: str, *, steps: int, batch: int, lr: float, warmup: int, every: int, **model_fields):
+    """A CPU demo of `task`: the `DEMO_MODEL` with `model_fields` on one device, `steps` steps of batch
+    `batch` at peak learning rate `lr` after `warmup` steps, eval and checkpoint every `every` steps."""
+    config = get_config()
+    config.task = task
+    config.model = model(**{**DEMO_MODEL, **model_fields})
+    config.mesh.fsdp = 1
+    config.global_batch_size, config.num_train_steps = batch, steps
+    config.learning_rate, config.warmup_steps = lr, warmup
+    config.eval_every = config.checkpoint_every = every
+    return config
+
+
+def lamb(config: ml_collections.ConfigDict, learning_rate: float, weight_decay: float, schedule: str):
+    """The paper's LAMB settings (Adam(0.9, 0.999, 1e-6), clipping at 10) on `config`, with logs every 100
+    steps and evals / checkpoints every 5000."""
+    config.optimizer, config.learning_rate, config.schedule = "lamb", learning_rate, schedule
+    config.b1, config.b2, config.eps = 0.9, 0.999, 1e-6
+    config.weight_decay = weight_decay
+    config.clip_grad_norm = 10.0
+    config.log_every, config.eval_every, config.checkpoint_every = 100, 5000, 5000
+    return config
+
+
 def get_config() -> ml_collections.ConfigDict:
     """Defaults of all trainer fields."""
     config = ml_collections.ConfigDict()

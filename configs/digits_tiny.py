@@ -18,32 +18,10 @@ from configs import default
 
 def get_config() -> ml_collections.ConfigDict:
     """Tiny conv-stem image classifier on the digits."""
-    config = default.get_config()
-    config.task = "image_conv"
-    config.model = default.model(
-        num_latents=32,
-        d_latents=128,
-        d_model=322,
-        num_self_attends_per_block=2,
-        num_self_attention_heads=4,
-        num_cross_attention_heads=1,
-        num_labels=10,
-        image_size=32,
-        attention_probs_dropout_prob=0.0,
-        initializer_range=0.05,
-    )
-    config.mesh.fsdp = 1
-    config.data.crop_area_min = 0.5
-    config.data.flip = False
-    config.data.randaugment_layers = 1
-    config.data.randaugment_magnitude = 3
-    config.data.mixup_alpha = 0.0
-    config.data.cutmix_alpha = 0.0
-    config.global_batch_size = 64
-    config.num_train_steps = 600
-    config.learning_rate = 2e-3
-    config.warmup_steps = 50
-    config.log_every = 10
-    config.eval_every = 200
-    config.checkpoint_every = 200
+    config = default.demo(
+        "image_conv", steps=600, batch=64, lr=2e-3, warmup=50, every=200,
+        d_model=322, num_labels=10, image_size=32, initializer_range=0.05,
+    )  # fmt: skip
+    config.data.update(crop_area_min=0.5, flip=False, randaugment_layers=1, randaugment_magnitude=3)
+    config.data.update(mixup_alpha=0.0, cutmix_alpha=0.0)
     return config

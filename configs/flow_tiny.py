@@ -17,36 +17,13 @@ from configs import default
 
 def get_config() -> ml_collections.ConfigDict:
     """Tiny optical-flow Perceiver on synthetic flow."""
-    config = default.get_config()
-    config.task = "optical_flow"
-    config.model = default.model(
-        num_latents=32,
-        d_latents=128,
-        d_model=322,
-        num_self_attends_per_block=2,
-        num_self_attention_heads=4,
-        num_cross_attention_heads=1,
-        train_size=(24, 32),
-        attention_probs_dropout_prob=0.0,
+    config = default.demo(
+        "optical_flow", steps=800, batch=16, lr=2e-3, warmup=50, every=400, d_model=322, train_size=(24, 32)
     )
-    config.mesh.fsdp = 1
-    config.data.frame_size = (32, 40)
-    config.data.num_train_pairs = 2048
-    config.data.num_eval_pairs = 64
-    config.data.synthetic_motion = dict(
-        max_foreground=2,
-        max_translation=3.0,
-        max_rotation=0.05,
-        max_scale_change=0.05,
-        texture_scale=(0.5, 1.0),
+    config.log_every = 20
+    config.data.update(frame_size=(32, 40), num_train_pairs=2048, num_eval_pairs=64, num_report_pairs=2)
+    config.data.synthetic_motion.update(
+        max_foreground=2, max_translation=3.0, max_rotation=0.05, max_scale_change=0.05
     )
     config.data.curriculum = ((0, 0.5, 0.5), (600, 0.0, 0.0))
-    config.data.num_report_pairs = 2
-    config.global_batch_size = 16
-    config.num_train_steps = 800
-    config.learning_rate = 2e-3
-    config.warmup_steps = 50
-    config.log_every = 20
-    config.eval_every = 400
-    config.checkpoint_every = 400
     return config

@@ -19,39 +19,20 @@ Progress shows as the eval masked-byte accuracy against the unigram baseline.
 import ml_collections
 
 from configs import default
+from perceiver_jax.official import ARCHITECTURES
 
 
 def get_config() -> ml_collections.ConfigDict:
     """deepmind/language-perceiver MLM pretraining."""
     config = default.get_config()
     config.model = default.model(
-        num_latents=256,
-        d_latents=1280,
-        d_model=768,
-        num_blocks=1,
-        num_self_attends_per_block=26,
-        num_self_attention_heads=8,
-        num_cross_attention_heads=8,
-        qk_channels=256,
-        v_channels=1280,
-        max_position_embeddings=2048,
-        attention_probs_dropout_prob=0.1,
+        **ARCHITECTURES["deepmind/language-perceiver"], attention_probs_dropout_prob=0.1
     )
     config.dtype = "bfloat16"
-    config.remat = "none"
     config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     config.data.seq_len = 2048
     config.global_batch_size = 2048
     config.num_train_steps = 500_000
-    config.optimizer = "lamb"
-    config.learning_rate = 1.25e-3
-    config.schedule = "warmup_cosine"
     config.warmup_steps = 1000
-    config.b1, config.b2, config.eps = 0.9, 0.999, 1e-6
-    config.weight_decay = 0.01
-    config.clip_grad_norm = 10.0
-    config.log_every = 100
-    config.eval_every = 5000
     config.num_eval_batches = 20
-    config.checkpoint_every = 5000
-    return config
+    return default.lamb(config, learning_rate=1.25e-3, weight_decay=0.01, schedule="warmup_cosine")

@@ -17,25 +17,10 @@ SEQ_LEN = 32
 
 def get_config() -> ml_collections.ConfigDict:
     """Tiny byte MLM (32-byte windows, 32 latents of width 128, 2 self-attention layers) on pydoc_data.topics."""
-    config = default.get_config()
-    config.model = default.model(
-        num_latents=32,
-        d_latents=128,
-        d_model=64,
-        num_self_attends_per_block=2,
-        num_self_attention_heads=8,
-        num_cross_attention_heads=8,
-        max_position_embeddings=SEQ_LEN,
-        attention_probs_dropout_prob=0.0,
+    config = default.demo(
+        "mlm", steps=3000, batch=32, lr=2e-3, warmup=100, every=1000,
+        d_model=64, num_self_attention_heads=8, num_cross_attention_heads=8, max_position_embeddings=SEQ_LEN,
         initializer_range=0.1,
-    )
-    config.mesh.fsdp = 1
+    )  # fmt: skip
     config.data.seq_len = SEQ_LEN
-    config.global_batch_size = 32
-    config.num_train_steps = 3000
-    config.learning_rate = 2e-3
-    config.warmup_steps = 100
-    config.log_every = 10
-    config.eval_every = 1000
-    config.checkpoint_every = 1000
     return config

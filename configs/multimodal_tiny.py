@@ -16,37 +16,14 @@ from configs import default
 
 def get_config() -> ml_collections.ConfigDict:
     """Tiny multimodal autoencoder on synthetic clips."""
-    config = default.get_config()
-    config.task = "multimodal_autoencoding"
-    config.model = default.model(
-        num_latents=32,
-        d_latents=128,
-        d_model=64,
-        num_self_attends_per_block=2,
-        num_self_attention_heads=4,
-        num_cross_attention_heads=1,
-        num_labels=4,
-        num_frames=4,
-        image_size=16,
-        audio_samples_per_frame=64,
-        samples_per_patch=16,
-        output_shape=(1, 4, 16, 16),
-        output_num_channels=64,
-        _label_trainable_num_channels=64,
-        attention_probs_dropout_prob=0.0,
-    )
-    config.mesh.fsdp = 1
-    config.data.num_train_clips = 2048
-    config.data.num_eval_clips = 64
+    config = default.demo(
+        "multimodal_autoencoding", steps=1500, batch=16, lr=1e-3, warmup=50, every=500,
+        d_model=64, num_labels=4, num_frames=4, image_size=16, audio_samples_per_frame=64, samples_per_patch=16,
+        output_shape=(1, 4, 16, 16), output_num_channels=64, _label_trainable_num_channels=64,
+    )  # fmt: skip
+    config.log_every = 20
+    config.data.update(num_train_clips=2048, num_eval_clips=64, num_report_clips=4)
     config.data.num_points = dict(image=256, audio=8)
     # The paper's 0.03 on video suits Kinetics' 16 x 224 x 224 frames; at this size the video needs weight.
     config.data.loss_weights = dict(image=1.0, audio=1.0, label=0.01)
-    config.data.num_report_clips = 4
-    config.global_batch_size = 16
-    config.num_train_steps = 1500
-    config.learning_rate = 1e-3
-    config.warmup_steps = 50
-    config.log_every = 20
-    config.eval_every = 500
-    config.checkpoint_every = 500
     return config

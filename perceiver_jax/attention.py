@@ -205,16 +205,16 @@ class _AttentionLayer(nn.Module, kw_only=True):
 
     Attributes:
       num_heads, qk_channels, v_channels: attention shape (None: see the subclass).
-      widening_factor: MLP hidden width / query width.
       use_query_residual: add the queries to the attention output.
+      widening_factor: MLP hidden width / query width.
       dropout_rate: attention dropout; norm_eps: LayerNorm epsilon; init_std: kernel init std.
     """
 
     num_heads: int = 1
     qk_channels: int | None = None
     v_channels: int | None = None
-    widening_factor: int = 1
     use_query_residual: bool = True
+    widening_factor: int = 1
     dropout_rate: float = 0.0
     norm_eps: float = 1e-5
     init_std: float = 0.02

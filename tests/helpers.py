@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: O(1) weights for HF torch models (`redraw_`, `save_random_hf`) and for
+"""Helpers shared by the tests: small model dimensions (`tiny_dims`), O(1) weights for HF torch models (`redraw_`, `save_random_hf`) and for
 Flax models (`o1_variables`), padded token batches, the relative error, parameter counts.
 
 HF's own init (std 0.02) makes Perceiver outputs tiny, so any port looks "close"; both re-drawers draw every
@@ -14,6 +14,19 @@ import numpy as np
 import torch
 from flax.core import meta
 from torch import nn
+
+
+# A small Perceiver (keyword arguments of PerceiverConfig and transformers.PerceiverConfig); tests override
+# the dimensions they exercise.
+TINY_DIMS = dict(
+    num_latents=4, d_latents=16, d_model=16, num_self_attends_per_block=2, num_self_attention_heads=2,
+    num_cross_attention_heads=1,
+)  # fmt: skip
+
+
+def tiny_dims(**overrides):
+    """`TINY_DIMS` with `overrides`."""
+    return {**TINY_DIMS, **overrides}
 
 
 def _normal(generator, shape, std, mean=0.0):

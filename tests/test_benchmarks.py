@@ -14,22 +14,14 @@ import torch
 import transformers
 from torch.utils.flop_counter import FlopCounterMode
 
+from helpers import tiny_dims
+
 from benchmarks import flops, gpu, workloads
 from perceiver_jax import PerceiverConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SMALL = dict(
-    num_latents=8,
-    d_latents=32,
-    d_model=16,
-    num_blocks=2,
-    num_self_attends_per_block=2,
-    num_self_attention_heads=2,
-    num_cross_attention_heads=1,
-    max_position_embeddings=24,
-    num_labels=5,
-)
+SMALL = tiny_dims(num_latents=8, d_latents=32, num_blocks=2, max_position_embeddings=24, num_labels=5)
 TEXT = dict(seq_len=20)
 IMAGE = dict(height=6, width=5)
 

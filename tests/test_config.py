@@ -11,6 +11,8 @@ import pytest
 import torch
 import transformers
 
+from helpers import tiny_dims
+
 from perceiver_jax import PerceiverConfig
 
 # The model-specific fields of HF's PerceiverConfig (keyword-only arguments of its constructor).
@@ -49,27 +51,13 @@ def test_default_labels_match_hf():
 @pytest.fixture
 def custom_hf():
     return transformers.PerceiverConfig(
-        num_latents=16,
-        d_latents=64,
-        d_model=40,
-        num_blocks=3,
-        num_self_attends_per_block=2,
-        num_self_attention_heads=4,
-        num_cross_attention_heads=2,
-        qk_channels=32,
-        v_channels=64,
-        cross_attention_shape_for_attention="q",
-        self_attention_widening_factor=4,
-        cross_attention_widening_factor=2,
-        attention_probs_dropout_prob=0.0,
-        use_query_residual=False,
-        vocab_size=100,
-        max_position_embeddings=64,
-        image_size=[32, 48],
-        train_size=[8, 16],
-        id2label={0: "neg", 1: "neu", 2: "pos"},
-        architectures=["PerceiverForSequenceClassification"],
-    )
+        num_latents=16, d_latents=64, d_model=40, num_blocks=3, num_self_attends_per_block=2,
+        num_self_attention_heads=4, num_cross_attention_heads=2, qk_channels=32, v_channels=64,
+        cross_attention_shape_for_attention="q", self_attention_widening_factor=4,
+        cross_attention_widening_factor=2, attention_probs_dropout_prob=0.0, use_query_residual=False,
+        vocab_size=100, max_position_embeddings=64, image_size=[32, 48], train_size=[8, 16],
+        id2label={0: "neg", 1: "neu", 2: "pos"}, architectures=["PerceiverForSequenceClassification"],
+    )  # fmt: skip
 
 
 def _check_custom(cfg):
@@ -242,12 +230,8 @@ def test_frozen_and_replace():
 
 # --- Fields for values HF hard-codes: each changes the model, and HF cannot express it.
 
-TINY = dict(
-    num_latents=4,
-    d_latents=16,
+TINY = tiny_dims(
     num_self_attends_per_block=1,
-    num_self_attention_heads=2,
-    num_cross_attention_heads=1,
     num_labels=3,
     attention_probs_dropout_prob=0.0,
     image_size=20,

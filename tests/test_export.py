@@ -6,20 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import max_rel_err, o1_variables
+from helpers import max_rel_err, o1_variables, tiny_dims
 
 from perceiver_jax import HEADS, PerceiverConfig
 from perceiver_jax.export import call_exported, deserialize, export_head, serialize
 
-COMMON = dict(
-    num_latents=4,
-    d_latents=16,
-    d_model=16,
-    num_self_attends_per_block=1,
-    num_self_attention_heads=2,
-    num_cross_attention_heads=1,
-    num_labels=3,
-)
+COMMON = tiny_dims(num_self_attends_per_block=1, num_labels=3)
 TEXT = dict(vocab_size=20, max_position_embeddings=8)
 CONFIGS = {
     "PerceiverForMaskedLM": TEXT,
@@ -36,8 +28,8 @@ CONFIGS = {
         output_shape=[1, 2, 4, 4],
         output_num_channels=8,
         _label_trainable_num_channels=8,
-    ),
-}
+    ),  # fmt: skip
+}  # fmt: skip
 # Keyword arguments fixed at export: the multimodal head decodes 5 of its 32 video, 2 of its 4 audio points.
 CALL_KWARGS = {
     "PerceiverForMultimodalAutoencoding": dict(

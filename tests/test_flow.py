@@ -11,6 +11,8 @@ import transformers
 from PIL import Image
 from transformers.models.perceiver.modeling_perceiver import space_to_depth
 
+from helpers import tiny_dims
+
 from perceiver_jax.flow import (
     blend_weights,
     compute_optical_flow,
@@ -233,12 +235,7 @@ def test_predict_flow_with_the_head_matches_hf_through_the_colab_pipeline(tmp_pa
     """Ours end to end (frames of another size than train_size) against HF's torch model run through the
     colab's loop: per-window unfold patches, logits * 20, weighted blend."""
     hf_config = transformers.PerceiverConfig(
-        num_latents=8,
-        d_latents=16,
-        num_self_attends_per_block=1,
-        num_self_attention_heads=2,
-        num_cross_attention_heads=1,
-        train_size=[16, 24],
+        **tiny_dims(num_latents=8, num_self_attends_per_block=1, d_model=322, train_size=[16, 24])
     )
     hf = transformers.PerceiverForOpticalFlow(hf_config).eval()
     redraw_(hf, seed=0)

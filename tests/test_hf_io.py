@@ -12,7 +12,7 @@ import pytest
 import safetensors.numpy
 import torch
 import transformers
-from helpers import save_random_hf, o1_variables
+from helpers import o1_variables, save_random_hf, tiny_dims
 from huggingface_hub import split_state_dict_into_shards_factory, split_torch_state_dict_into_shards
 from huggingface_hub.serialization._base import parse_size_to_int
 
@@ -20,17 +20,7 @@ from perceiver_jax import HEADS, from_pretrained, save_pretrained
 from perceiver_jax.hf import parse_size, to_hf_state_dict
 
 CLS = "PerceiverForSequenceClassification"
-TINY = dict(
-    d_model=16,
-    d_latents=16,
-    num_latents=4,
-    num_self_attends_per_block=2,
-    num_self_attention_heads=2,
-    num_cross_attention_heads=1,
-    vocab_size=20,
-    max_position_embeddings=8,
-    num_labels=3,
-)
+TINY = tiny_dims(vocab_size=20, max_position_embeddings=8, num_labels=3)
 CONV = dict(TINY, d_model=322, image_size=8)  # the conv stem (with batch norm) gives 64 + 258 channels
 SHARD = "4KB"  # the tiny classifier's ~25 KB of weights make several shards
 SHA_MAIN, SHA_OLD = "a" * 40, "0123456789abcdef0123456789abcdef01234567"

@@ -8,20 +8,12 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from helpers import max_rel_err, save_random_hf
+from helpers import max_rel_err, save_random_hf, tiny_dims
 
 from perceiver_jax import PerceiverOutput, from_pretrained
 
 TOL = 1e-5
-COMMON = dict(
-    num_latents=6,
-    d_latents=16,
-    num_blocks=2,
-    num_self_attends_per_block=2,
-    num_self_attention_heads=2,
-    num_cross_attention_heads=1,
-    num_labels=3,
-)
+COMMON = tiny_dims(num_latents=6, num_blocks=2, num_labels=3)
 rng = np.random.default_rng(0)
 TEXT = rng.integers(1, 30, (2, 10))
 MASK = np.ones((2, 10), np.int64)
@@ -65,16 +57,8 @@ CASES = {
         None,  # torch inputs built from the jax ones below (channels moved)
     ),
     "PerceiverForMultimodalAutoencoding": (
-        dict(
-            d_model=16,
-            num_frames=2,
-            image_size=8,
-            audio_samples_per_frame=16,
-            samples_per_patch=8,
-            output_shape=[1, 2, 8, 8],
-            output_num_channels=8,
-            _label_trainable_num_channels=8,
-        ),  # fmt: skip
+        dict(d_model=16, num_frames=2, image_size=8, audio_samples_per_frame=16, samples_per_patch=8,
+             output_shape=[1, 2, 8, 8], output_num_channels=8, _label_trainable_num_channels=8),
         dict(
             inputs={"image": jnp.asarray(VIDEO), "audio": jnp.asarray(AUDIO), "label": jnp.asarray(LABEL)},
             subsampled_output_points={k: jnp.asarray(v) for k, v in POINTS.items()},
@@ -88,7 +72,7 @@ CASES = {
             subsampled_output_points={**{k: torch.tensor(v) for k, v in POINTS.items()}, "label": None},
         ),  # fmt: skip
     ),
-}
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -97,7 +81,7 @@ def test_hidden_states_and_attentions_match_hf(name, tmp_path):
     if torch_kwargs is None:
         torch_kwargs = dict(inputs=torch.tensor(np.moveaxis(np.asarray(ours_kwargs["inputs"]), -1, 2).copy()))
     torch_model = save_random_hf(
-        getattr(transformers, name), transformers.PerceiverConfig(**COMMON, **overrides), tmp_path
+        getattr(transformers, name), transformers.PerceiverConfig(**{**COMMON, **overrides}), tmp_path
     )
     model, variables = from_pretrained(str(tmp_path))
     ours = jax.jit(lambda v, kw: model.apply(v, **kw, output_hidden_states=True, output_attentions=True))(

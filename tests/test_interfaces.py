@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import tiny_dims
+
 from perceiver_jax import PerceiverConfig, PerceiverModel, Settings
 from perceiver_jax.decoders import BasicDecoder, Decoder, ProjectionDecoder
 from perceiver_jax.position_encoding import (
@@ -18,13 +20,7 @@ from perceiver_jax.position_encoding import (
 from perceiver_jax.preprocessors import Preprocessor
 
 CONFIG = PerceiverConfig(
-    num_latents=4,
-    d_latents=16,
-    d_model=12,
-    num_self_attends_per_block=1,
-    num_self_attention_heads=2,
-    num_cross_attention_heads=1,
-    attention_probs_dropout_prob=0.0,
+    **tiny_dims(d_model=12, num_self_attends_per_block=1, attention_probs_dropout_prob=0.0)
 )
 
 

@@ -143,37 +143,37 @@ def test_missing_columns_list_the_columns_and_the_option(tmp_path):
         lt.read_rows(jsonl)
 
 
-@pytest.mark.parametrize(
-    "content, message",
-    [
-        ("text,label\na,x\n,y\n", r"row 2 \(line 3\): the text \('text'\) is empty"),
-        ("text,label\na,x\n  ,y\n", r"row 2 \(line 3\): the text \('text'\) is empty"),
-        ("text,label\na,x\nb,\n", r"row 2 \(line 3\): the label \('label'\) is empty"),
-        ("text,label\na,x\nb\n", r"row 2 \(line 3\): 1 fields, but the header has 2"),
-        ("text,label\na,x\nb, c,y\n", r"row 2 \(line 3\): 3 fields, but the header has 2.*quoted"),
-        ('text,label\na,x\n"b,y\n', r"line 3: unexpected end of data"),
-    ],
-)
-def test_bad_csv_rows_name_file_and_row(tmp_path, content, message):
-    with pytest.raises(ValueError, match=r"bad\.csv, " + message):
-        lt.read_rows(write(tmp_path / "bad.csv", content))
+# (format, the row after a good first one, the error after "bad.<format>, ")
+BAD_ROWS = [
+    ("csv", ",y\n", r"row 2 \(line 3\): the text \('text'\) is empty"),
+    ("csv", "  ,y\n", r"row 2 \(line 3\): the text \('text'\) is empty"),
+    ("csv", "b,\n", r"row 2 \(line 3\): the label \('label'\) is empty"),
+    ("csv", "b\n", r"row 2 \(line 3\): 1 fields, but the header has 2"),
+    ("csv", "b, c,y\n", r"row 2 \(line 3\): 3 fields, but the header has 2.*quoted"),
+    ("csv", '"b,y\n', r"line 3: unexpected end of data"),
+    ("jsonl", '{"text": "a", "label": 1\n', r"line 2: not valid JSON"),
+    ("jsonl", '["a", 1]\n', r"line 2: expected a JSON object, got list"),
+    ("jsonl", '{"text": null, "label": 1}\n', r"line 2: the text \('text'\) is empty"),
+    ("jsonl", '{"text": 5, "label": 1}\n', r"line 2: the text \('text'\) must be a string, got 5"),
+    ("jsonl", '{"text": "b", "label": null}\n', r"line 2: the label \('label'\) is empty"),
+    (
+        "jsonl",
+        '{"text": "b", "label": 1.5}\n',
+        r"line 2: the label \('label'\) must be a string or an integer",
+    ),
+    (
+        "jsonl",
+        '{"text": "b", "label": true}\n',
+        r"line 2: the label \('label'\) must be a string or an integer",
+    ),
+]
 
 
-@pytest.mark.parametrize(
-    "line, message",
-    [
-        ('{"text": "a", "label": 1', r"line 2: not valid JSON"),
-        ('["a", 1]', r"line 2: expected a JSON object, got list"),
-        ('{"text": null, "label": 1}', r"line 2: the text \('text'\) is empty"),
-        ('{"text": 5, "label": 1}', r"line 2: the text \('text'\) must be a string, got 5"),
-        ('{"text": "b", "label": null}', r"line 2: the label \('label'\) is empty"),
-        ('{"text": "b", "label": 1.5}', r"line 2: the label \('label'\) must be a string or an integer"),
-        ('{"text": "b", "label": true}', r"line 2: the label \('label'\) must be a string or an integer"),
-    ],
-)
-def test_bad_jsonl_lines_name_file_and_line(tmp_path, line, message):
-    with pytest.raises(ValueError, match=r"bad\.jsonl, " + message):
-        lt.read_rows(write(tmp_path / "bad.jsonl", '{"text": "a", "label": 0}\n' + line + "\n"))
+@pytest.mark.parametrize("kind, row, message", BAD_ROWS)
+def test_bad_rows_name_file_and_row(tmp_path, kind, row, message):
+    first = {"csv": "text,label\na,x\n", "jsonl": '{"text": "a", "label": 0}\n'}[kind]
+    with pytest.raises(ValueError, match=rf"bad\.{kind}, " + message):
+        lt.read_rows(write(tmp_path / f"bad.{kind}", first + row))
 
 
 def test_dataset_errors_single_class_unseen_eval_labels_and_empty_holdout(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from helpers import max_rel_err, o1_variables, padded_batch, redraw_
+from helpers import max_rel_err, o1_variables, padded_batch, redraw_, tiny_dims
 from jax.sharding import PartitionSpec
 from transformers.models.perceiver import modeling_perceiver as hf
 
@@ -23,18 +23,10 @@ from perceiver_jax.position_encoding import (
 )
 
 SMALL = PerceiverConfig(
-    num_latents=8,
-    d_latents=32,
-    d_model=16,
-    num_blocks=2,
-    num_self_attends_per_block=2,
-    num_self_attention_heads=4,
-    num_cross_attention_heads=2,
-    vocab_size=30,
-    max_position_embeddings=12,
-    num_labels=3,
+    num_latents=8, d_latents=32, d_model=16, num_blocks=2, num_self_attends_per_block=2, num_self_attention_heads=4,
+    num_cross_attention_heads=2, vocab_size=30, max_position_embeddings=12, num_labels=3,
     attention_probs_dropout_prob=0.5,
-)
+)  # fmt: skip
 
 LINSPACE_CASES = [
     (1.0, 7680.0, 192),  # the multimodal audio encoding (192 bands, resolution 15360)
@@ -278,12 +270,7 @@ def test_chunked_decoding_equals_unchunked():
 def test_redraw_is_deterministic_and_order_one():
     """`helpers.redraw_`, which every parity test relies on: all parameters and float buffers re-drawn."""
     config = transformers.PerceiverConfig(
-        num_latents=4,
-        d_latents=16,
-        num_self_attends_per_block=1,
-        num_self_attention_heads=1,
-        num_cross_attention_heads=1,
-        num_labels=3,
+        **tiny_dims(num_self_attends_per_block=1, num_self_attention_heads=1, num_labels=3)
     )
     build = transformers.PerceiverForImageClassificationConvProcessing
     a, b, c = redraw_(build(config), seed=0), redraw_(build(config), seed=0), redraw_(build(config), seed=1)

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import tiny_dims
+
 from perceiver_jax.config import PerceiverConfig
 from perceiver_jax.heads import PerceiverForMultimodalAutoencoding
 from train.data.multimodal import (
@@ -29,22 +31,11 @@ SPEC = ClipSpec(num_frames=4, image_size=(32, 40), audio_samples_per_frame=32, n
 NUM_SAMPLES = 4 * 32
 TRANSFORM = ClipTransform(SPEC)
 # A model of SPEC's clips: 4 x 32 x 40 video, 128 audio samples in tokens of 16, 5 classes.
-CONFIG = PerceiverConfig(
-    num_latents=8,
-    d_latents=16,
-    d_model=32,
-    num_self_attends_per_block=1,
-    num_self_attention_heads=2,
-    num_cross_attention_heads=1,
-    num_labels=5,
-    num_frames=4,
-    audio_samples_per_frame=32,
-    samples_per_patch=16,
-    image_size=(32, 40),
-    output_shape=(1, 4, 32, 40),
-    output_num_channels=16,
+CONFIG = PerceiverConfig(**tiny_dims(
+    num_latents=8, d_model=32, num_self_attends_per_block=1, num_labels=5, num_frames=4, audio_samples_per_frame=32,
+    samples_per_patch=16, image_size=(32, 40), output_shape=(1, 4, 32, 40), output_num_channels=16,
     _label_trainable_num_channels=16,
-)
+))  # fmt: skip
 
 
 def _clip(label: int = 3, seed: int = 0) -> dict[str, np.ndarray]:

@@ -23,6 +23,7 @@ from perceiver_jax import (
     from_pretrained,
     save_pretrained,
 )
+from perceiver_jax.official import ARCHITECTURES, NUM_PARAMETERS
 from perceiver_jax.decoders import BasicDecoder
 from perceiver_jax.hf import abstract_variables, hf_key, load_hf_state_dict, to_hf_state_dict
 from perceiver_jax.multimodal import BasicVideoAutoencodingDecoder
@@ -32,23 +33,12 @@ from perceiver_jax.position_encoding import FourierPositionEncoding
 RTOL = 1e-5
 
 SMALL = dict(
-    num_latents=12,
-    d_latents=32,
-    d_model=64,
-    num_blocks=2,
-    num_self_attends_per_block=2,
-    num_self_attention_heads=2,
-    num_cross_attention_heads=1,
-    cross_attention_shape_for_attention="q",
-    num_labels=5,
-    num_frames=2,
-    audio_samples_per_frame=24,
-    samples_per_patch=4,
-    image_size=12,
+    num_latents=12, d_latents=32, d_model=64, num_blocks=2, num_self_attends_per_block=2,
+    num_self_attention_heads=2, num_cross_attention_heads=1, cross_attention_shape_for_attention="q",
+    num_labels=5, num_frames=2, audio_samples_per_frame=24, samples_per_patch=4, image_size=12,
     output_shape=[1, 2, 8, 12],  # output grid unlike the input video (2 x 12 x 12)
-    output_num_channels=24,
-    _label_trainable_num_channels=20,
-)
+    output_num_channels=24, _label_trainable_num_channels=20,
+)  # fmt: skip
 NUM_VIDEO_POINTS = 2 * 8 * 12
 NUM_AUDIO_POINTS = 2 * 24 // 4
 NUM_TOKENS = NUM_AUDIO_POINTS + 2 * 3 * 3 + 1  # audio, 1x4x4 video patches, label
@@ -188,26 +178,13 @@ def test_parity_cli(small, capsys):
 def test_official_dims(tmp_path):
     """deepmind/multimodal-perceiver's architecture: 19,858,855 parameters in HF and here, and parity on a
     shorter, smaller video (16 x 32 x 32) and audio (3840 samples) decoded at 2048 + 120 random points."""
-    hf_config = transformers.PerceiverConfig(
-        num_latents=784,
-        d_latents=512,
-        d_model=704,
-        num_blocks=1,
-        num_self_attends_per_block=8,
-        num_self_attention_heads=8,
-        num_cross_attention_heads=1,
-        num_labels=700,
-        num_frames=16,
-        audio_samples_per_frame=1920,
-        samples_per_patch=16,
-        image_size=224,
-        output_shape=[1, 16, 224, 224],
-        output_num_channels=512,
-    )
+    hf_config = transformers.PerceiverConfig(**ARCHITECTURES["deepmind/multimodal-perceiver"])
     torch_model = save_random_hf(transformers.PerceiverForMultimodalAutoencoding, hf_config, tmp_path, seed=1)
-    assert sum(p.numel() for p in torch_model.parameters()) == 19_858_855
+    assert sum(p.numel() for p in torch_model.parameters()) == NUM_PARAMETERS["deepmind/multimodal-perceiver"]
     fresh = PerceiverForMultimodalAutoencoding(PerceiverConfig.from_hf(hf_config))
-    assert count_params(abstract_variables(fresh)["params"]) == 19_858_855
+    assert (
+        count_params(abstract_variables(fresh)["params"]) == NUM_PARAMETERS["deepmind/multimodal-perceiver"]
+    )
 
     model, variables = from_pretrained(str(tmp_path))
     rng = np.random.default_rng(2)

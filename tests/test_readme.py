@@ -9,18 +9,10 @@ import subprocess
 import sys
 
 import transformers
-from helpers import save_random_hf
+from helpers import save_random_hf, tiny_dims
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_MLM = dict(
-    d_model=16,
-    d_latents=16,
-    num_latents=4,
-    num_self_attends_per_block=2,
-    num_self_attention_heads=2,
-    num_cross_attention_heads=1,
-    max_position_embeddings=64,
-)
+TINY_MLM = tiny_dims(max_position_embeddings=64)
 
 
 def readme_python_blocks():

@@ -9,32 +9,20 @@ import re
 
 import pytest
 
+from helpers import tiny_dims
+
 from configs import default, mlm_tiny
 from train import aot
 
 BATCH = 56
-MLM = dict(
-    num_latents=24,
-    d_latents=128,
-    d_model=64,
-    num_self_attends_per_block=2,
-    num_self_attention_heads=4,
-    num_cross_attention_heads=4,
-    max_position_embeddings=128,
-    mlm_decoder=dict(num_heads=4, qk_channels=64),
+MLM = tiny_dims(
+    num_latents=24, d_latents=128, d_model=64, num_self_attention_heads=4, num_cross_attention_heads=4,
+    max_position_embeddings=128, mlm_decoder=dict(num_heads=4, qk_channels=64), attention_probs_dropout_prob=0.0,
+)  # fmt: skip
+CONV = tiny_dims(
+    num_latents=24, d_latents=128, d_model=322, num_self_attention_heads=4, image_size=32, num_labels=10,
     attention_probs_dropout_prob=0.0,
-)
-CONV = dict(
-    num_latents=24,
-    d_latents=128,
-    d_model=322,
-    num_self_attends_per_block=2,
-    num_self_attention_heads=4,
-    num_cross_attention_heads=1,
-    image_size=32,
-    num_labels=10,
-    attention_probs_dropout_prob=0.0,
-)
+)  # fmt: skip
 # mesh name -> (data, fsdp, tensor). Tensor parallelism runs beside a batch axis, as it always does:
 # alone (tensor=8) it keeps the whole batch on every device by definition and all-reduces it per layer.
 MESHES = {"data": (8, 1, 1), "fsdp": (1, 8, 1), "tensor": (1, 2, 4), "mixed": (2, 2, 2)}

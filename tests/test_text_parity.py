@@ -29,77 +29,38 @@ from perceiver_jax import (
     save_pretrained,
 )
 from perceiver_jax.parity import main as parity_main
+from perceiver_jax.official import ARCHITECTURES, NUM_PARAMETERS
 
 TOL = 1e-5
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = dict(
-    d_model=32,
-    d_latents=48,
-    num_latents=8,
-    num_self_attends_per_block=2,
-    num_self_attention_heads=4,
-    num_cross_attention_heads=2,
-    vocab_size=40,
-    max_position_embeddings=24,
-    num_labels=5,
-)
+    d_model=32, d_latents=48, num_latents=8, num_self_attends_per_block=2, num_self_attention_heads=4,
+    num_cross_attention_heads=2, vocab_size=40, max_position_embeddings=24, num_labels=5,
+)  # fmt: skip
+MLM, CLS = "PerceiverForMaskedLM", "PerceiverForSequenceClassification"
 # (head, HF config overrides, input length): the encoder features HF exposes through its config.
 CASES = {
-    "mlm-base": ("PerceiverForMaskedLM", {}, 24),
-    "mlm-shared-blocks-qk-v-q-widening": (
-        "PerceiverForMaskedLM",
-        dict(
-            num_blocks=3,
-            qk_channels=16,
-            v_channels=48,
-            cross_attention_shape_for_attention="q",
-            self_attention_widening_factor=4,
-            cross_attention_widening_factor=2,
-            num_self_attention_heads=8,
-            num_cross_attention_heads=4,
-        ),
-        17,  # shorter than max_position_embeddings: MLM still decodes all 24 positions
-    ),
-    "mlm-no-query-residual-q-1head": (
-        "PerceiverForMaskedLM",
-        dict(
-            use_query_residual=False,
-            cross_attention_shape_for_attention="q",
-            num_cross_attention_heads=1,
-            num_self_attention_heads=3,
-            self_attention_widening_factor=2,
-            cross_attention_widening_factor=4,
-        ),
-        24,
-    ),
-    "cls-base": ("PerceiverForSequenceClassification", {}, 24),
-    "cls-shared-blocks-qk-v-kv": (
-        "PerceiverForSequenceClassification",
-        dict(
-            num_blocks=2,
-            num_self_attends_per_block=3,
-            qk_channels=24,
-            v_channels=48,
-            num_self_attention_heads=6,
-            num_cross_attention_heads=2,
-            self_attention_widening_factor=2,
-            cross_attention_widening_factor=4,
-            use_query_residual=False,
-        ),
-        20,
-    ),
-    "cls-q-16heads": (
-        "PerceiverForSequenceClassification",
-        dict(
-            cross_attention_shape_for_attention="q",
-            num_self_attention_heads=16,
-            num_cross_attention_heads=16,
-            num_labels=3,
-            num_latents=5,
-        ),
-        24,
-    ),
-}
+    "mlm-base": (MLM, {}, 24),
+    "mlm-shared-blocks-qk-v-q-widening": (MLM, dict(
+        num_blocks=3, qk_channels=16, v_channels=48, cross_attention_shape_for_attention="q",
+        self_attention_widening_factor=4, cross_attention_widening_factor=2, num_self_attention_heads=8,
+        num_cross_attention_heads=4,
+    ), 17),  # shorter than max_position_embeddings: MLM still decodes all 24 positions
+    "mlm-no-query-residual-q-1head": (MLM, dict(
+        use_query_residual=False, cross_attention_shape_for_attention="q", num_cross_attention_heads=1,
+        num_self_attention_heads=3, self_attention_widening_factor=2, cross_attention_widening_factor=4,
+    ), 24),
+    "cls-base": (CLS, {}, 24),
+    "cls-shared-blocks-qk-v-kv": (CLS, dict(
+        num_blocks=2, num_self_attends_per_block=3, qk_channels=24, v_channels=48, num_self_attention_heads=6,
+        num_cross_attention_heads=2, self_attention_widening_factor=2, cross_attention_widening_factor=4,
+        use_query_residual=False,
+    ), 20),
+    "cls-q-16heads": (CLS, dict(
+        cross_attention_shape_for_attention="q", num_self_attention_heads=16, num_cross_attention_heads=16,
+        num_labels=3, num_latents=5,
+    ), 24),
+}  # fmt: skip
 
 
 def torch_logits(torch_model, ids, mask):
@@ -198,17 +159,15 @@ def test_padding_matters(mlm):
         assert max_rel_err(unmasked[row], reference[row]) > 1e-2
 
 
+LANGUAGE = "deepmind/language-perceiver"
+
+
 def test_language_perceiver_dimensions(tmp_path):
     """deepmind/language-perceiver's shape: parameter counts, and parity on one padded 2048-token input."""
-    config = transformers.PerceiverConfig(qk_channels=256, v_channels=1280)
-    assert (config.d_model, config.num_latents, config.d_latents) == (768, 256, 1280)
-    assert (config.num_self_attends_per_block, config.vocab_size, config.max_position_embeddings) == (
-        26,
-        262,
-        2048,
-    )
+    config = transformers.PerceiverConfig(**ARCHITECTURES[LANGUAGE])
+    assert config.vocab_size == 262
     torch_model = save_random_hf(transformers.PerceiverForMaskedLM, config, tmp_path)
-    assert sum(p.numel() for p in torch_model.parameters()) == 201_108_230
+    assert sum(p.numel() for p in torch_model.parameters()) == NUM_PARAMETERS[LANGUAGE]
     rng = np.random.default_rng(0)
     ids = np.zeros((1, 2048), np.int64)
     mask = np.zeros((1, 2048), np.int64)
@@ -220,12 +179,12 @@ def test_language_perceiver_dimensions(tmp_path):
     gc.collect()
 
     model, variables = from_pretrained(str(tmp_path))
-    assert count_params(variables["params"]) == 201_108_230
-    ours_from_config = PerceiverForMaskedLM(PerceiverConfig(qk_channels=256, v_channels=1280))
+    assert count_params(variables["params"]) == NUM_PARAMETERS[LANGUAGE]
+    ours_from_config = PerceiverForMaskedLM(PerceiverConfig(**ARCHITECTURES[LANGUAGE]))
     shapes = jax.eval_shape(
         lambda key: ours_from_config.init(key, **ours_from_config.example_inputs()), jax.random.key(0)
     )
-    assert count_params(shapes["params"]) == 201_108_230
+    assert count_params(shapes["params"]) == NUM_PARAMETERS[LANGUAGE]
     ours = jax_logits(model, variables, ids, mask)
     assert ours.shape == reference.shape == (1, 2048, 262)
     err = max_rel_err(ours, reference)

@@ -22,23 +22,18 @@ import pytest
 
 from jax.experimental.compilation_cache import compilation_cache
 
+from helpers import tiny_dims
+
 import perceiver_jax
 from configs import default, mlm_tiny
 from perceiver_jax import PerceiverConfig, PerceiverForSequenceClassification
 from train import checkpoint, report, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_MODEL = dict(
-    num_latents=8,
-    d_latents=32,
-    d_model=16,
-    num_self_attends_per_block=2,
-    num_self_attention_heads=2,
-    num_cross_attention_heads=2,
-    max_position_embeddings=32,
-    mlm_decoder=dict(num_heads=2, qk_channels=16),
-    attention_probs_dropout_prob=0.1,
-)
+TINY_MODEL = tiny_dims(
+    num_latents=8, d_latents=32, num_cross_attention_heads=2, max_position_embeddings=32,
+    mlm_decoder=dict(num_heads=2, qk_channels=16), attention_probs_dropout_prob=0.1,
+)  # fmt: skip
 
 
 def tiny_config(**changes) -> ml_collections.ConfigDict:

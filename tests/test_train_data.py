@@ -8,6 +8,8 @@ import numpy as np
 import optax
 import pytest
 
+from helpers import tiny_dims
+
 from perceiver_jax import PerceiverConfig, PerceiverForMaskedLM, PerceiverTokenizer
 from perceiver_jax.tokenizer import CLS_ID, MASK_ID, SEP_ID
 from train import optim, tasks
@@ -66,16 +68,10 @@ def test_files_globs_and_missing_files(tmp_path):
 
 
 def test_decay_mask_spares_biases_and_norm_scales():
-    config = PerceiverConfig(
-        num_latents=4,
-        d_latents=16,
-        d_model=8,
-        num_self_attends_per_block=1,
-        num_self_attention_heads=2,
-        num_cross_attention_heads=2,
-        max_position_embeddings=16,
+    config = PerceiverConfig(**tiny_dims(
+        d_model=8, num_self_attends_per_block=1, num_cross_attention_heads=2, max_position_embeddings=16,
         mlm_decoder=dict(num_heads=2, qk_channels=8),
-    )
+    ))  # fmt: skip
     params = PerceiverForMaskedLM(config).init(jax.random.PRNGKey(0), jnp.zeros((1, 16), jnp.int32))["params"]
     for boxed in (True, False):
         tree = params if boxed else nn.unbox(params)

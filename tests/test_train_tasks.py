@@ -31,13 +31,9 @@ from perceiver_jax import from_pretrained
 from train import trainer
 
 COMMON = dict(
-    num_latents=8,
-    d_latents=32,
-    num_self_attends_per_block=1,
-    num_self_attention_heads=2,
-    num_cross_attention_heads=1,
-    attention_probs_dropout_prob=0.0,
-)
+    num_latents=8, d_latents=32, num_self_attends_per_block=1, num_self_attention_heads=2,
+    num_cross_attention_heads=1, attention_probs_dropout_prob=0.0,
+)  # fmt: skip
 IMAGE_WIDTHS = {"image_learned": 512, "image_fourier": 261, "image_conv": 322}
 
 

@@ -21,6 +21,7 @@ from transformers.models.perceiver import modeling_perceiver as hf_perceiver
 
 from perceiver_jax import HEADS, PerceiverConfig, PerceiverForOpticalFlow, from_pretrained, save_pretrained
 from perceiver_jax.hf import abstract_variables, convert_state_dict, hf_key
+from perceiver_jax.official import ARCHITECTURES, NUM_PARAMETERS
 from perceiver_jax.parity import main as parity_main
 from perceiver_jax.position_encoding import (
     FourierPositionEncoding,
@@ -37,14 +38,9 @@ FLOW = "PerceiverForOpticalFlow"
 HEAD_NAMES = (LEARNED, FOURIER, CONV, FLOW)
 
 _SMALL = dict(
-    num_latents=8,
-    d_latents=32,
-    num_blocks=2,
-    num_self_attends_per_block=2,
-    num_self_attention_heads=4,
-    num_cross_attention_heads=1,
-    num_labels=5,
-)
+    num_latents=8, d_latents=32, num_blocks=2, num_self_attends_per_block=2, num_self_attention_heads=4,
+    num_cross_attention_heads=1, num_labels=5,
+)  # fmt: skip
 # head -> (HF config kwargs, input shape for perceiver-jax); Fourier/conv heads take non-square images.
 SMALL = {
     LEARNED: (dict(_SMALL, d_model=512, image_size=8), (2, 8, 8, 3)),
@@ -53,32 +49,15 @@ SMALL = {
     FLOW: (dict(_SMALL, d_model=322, train_size=[6, 8]), (2, 2, 6, 8, 27)),
 }
 
-_VISION = dict(
-    num_latents=512,
-    d_latents=1024,
-    num_blocks=8,
-    num_self_attends_per_block=6,
-    num_self_attention_heads=8,
-    num_cross_attention_heads=1,
-    num_labels=1000,
-    image_size=224,
-)
-_FLOW = dict(
-    num_latents=2048,
-    d_latents=512,
-    d_model=322,
-    num_blocks=1,
-    num_self_attends_per_block=24,
-    num_self_attention_heads=16,
-    num_cross_attention_heads=1,
-    train_size=[368, 496],
-)
 # Official checkpoints: head -> (HF config kwargs, published parameter count, parity input shape).
 OFFICIAL = {
-    LEARNED: (dict(_VISION, d_model=512), 62_255_848, (1, 64, 48, 3)),  # 224^2 table interpolated
-    FOURIER: (dict(_VISION, d_model=261), 48_440_627, (1, 48, 64, 3)),
-    CONV: (dict(_VISION, d_model=322), 48_646_522, (1, 96, 80, 3)),
-    FLOW: (_FLOW, 41_057_134, (1, 2, 24, 32, 27)),  # parity at train_size 24x32
+    head: (ARCHITECTURES[hub_id], NUM_PARAMETERS[hub_id], shape)
+    for head, hub_id, shape in (
+        (LEARNED, "deepmind/vision-perceiver-learned", (1, 64, 48, 3)),  # 224^2 table interpolated
+        (FOURIER, "deepmind/vision-perceiver-fourier", (1, 48, 64, 3)),
+        (CONV, "deepmind/vision-perceiver-conv", (1, 96, 80, 3)),
+        (FLOW, "deepmind/optical-flow-perceiver", (1, 2, 24, 32, 27)),  # parity at train_size 24x32
+    )
 }
 
 
@@ -231,100 +210,51 @@ def _fourier(num_bands, max_resolution):
     return dict(num_bands=num_bands, max_resolution=max_resolution, concat_pos=True, sine_only=False)
 
 
-# case -> (HF preprocessor kwargs, perceiver-jax preprocessor, input shape (channels-last)).
+def _trainable(index_dims, num_channels):
+    """HF's trainable-position kwargs and our encoding of the same table."""
+    hf = dict(position_encoding_type="trainable", trainable_position_encoding_kwargs=dict(
+        num_channels=num_channels, index_dims=index_dims))  # fmt: skip
+    return hf, TrainablePositionEncoding(index_dims=(index_dims,), num_channels=num_channels)
+
+
+def _fourier_positions(num_bands, index_dims):
+    """HF's Fourier-position kwargs and our encoding."""
+    hf = dict(
+        position_encoding_type="fourier", fourier_position_encoding_kwargs=_fourier(num_bands, index_dims)
+    )
+    return hf, FourierPositionEncoding(index_dims=index_dims, num_bands=num_bands)
+
+
+def _projected(positions, width):
+    """`positions` (HF kwargs, ours) projected to `width`."""
+    hf, ours = positions
+    return dict(hf, project_pos_dim=width), PositionEncodingProjector(encoding=ours, output_channels=width)
+
+
+# case -> (preprocessor kwargs both take, (HF position kwargs, our position encoding), HF-only kwargs,
+# input shape (channels-last)).
 PREPROCESSOR_CASES = {
     "conv1x1_stride2_trainable_projected": (
-        dict(
-            prep_type="conv1x1",
-            spatial_downsample=2,
-            out_channels=8,
-            position_encoding_type="trainable",
-            project_pos_dim=8,
-            trainable_position_encoding_kwargs=dict(num_channels=8, index_dims=16),
-        ),
-        ImagePreprocessor(
-            position_embeddings=PositionEncodingProjector(
-                encoding=TrainablePositionEncoding(index_dims=(16,), num_channels=8), output_channels=8
-            ),
-            prep_type="conv1x1",
-            spatial_downsample=2,
-            out_channels=8,
-        ),
-        (2, 8, 8, 3),
+        dict(prep_type="conv1x1", spatial_downsample=2, out_channels=8),
+        _projected(_trainable(16, 8), 8), {}, (2, 8, 8, 3),
     ),
     "conv_stem_trainable": (
-        dict(
-            prep_type="conv",
-            spatial_downsample=4,
-            out_channels=8,
-            position_encoding_type="trainable",
-            trainable_position_encoding_kwargs=dict(num_channels=6, index_dims=9),
-        ),
-        ImagePreprocessor(
-            position_embeddings=TrainablePositionEncoding(index_dims=(9,), num_channels=6),
-            prep_type="conv",
-            spatial_downsample=4,
-            out_channels=8,
-        ),
-        (2, 16, 16, 3),
+        dict(prep_type="conv", spatial_downsample=4, out_channels=8), _trainable(9, 6), {}, (2, 16, 16, 3)
     ),
     "patches_linear_fourier_projected_add": (
-        dict(
-            prep_type="patches",
-            spatial_downsample=2,
-            conv_after_patching=True,
-            conv_after_patching_in_channels=12,
-            out_channels=10,
-            position_encoding_type="fourier",
-            project_pos_dim=10,
-            concat_or_add_pos="add",
-            fourier_position_encoding_kwargs=_fourier(2, (4, 4)),
-        ),
-        ImagePreprocessor(
-            position_embeddings=PositionEncodingProjector(
-                encoding=FourierPositionEncoding(index_dims=(4, 4), num_bands=2), output_channels=10
-            ),
-            prep_type="patches",
-            spatial_downsample=2,
-            conv_after_patching=True,
-            out_channels=10,
-            concat_or_add_pos="add",
-        ),
-        (2, 8, 8, 3),
+        dict(prep_type="patches", spatial_downsample=2, conv_after_patching=True, out_channels=10,
+             concat_or_add_pos="add"),
+        _projected(_fourier_positions(2, (4, 4)), 10), dict(conv_after_patching_in_channels=12), (2, 8, 8, 3),
     ),
     "video_patches_fourier": (
-        dict(
-            prep_type="patches",
-            spatial_downsample=2,
-            temporal_downsample=2,
-            position_encoding_type="fourier",
-            fourier_position_encoding_kwargs=_fourier(3, (2, 4, 4)),
-        ),
-        ImagePreprocessor(
-            position_embeddings=FourierPositionEncoding(index_dims=(2, 4, 4), num_bands=3),
-            prep_type="patches",
-            spatial_downsample=2,
-            temporal_downsample=2,
-        ),
-        (2, 4, 8, 8, 3),
+        dict(prep_type="patches", spatial_downsample=2, temporal_downsample=2),
+        _fourier_positions(3, (2, 4, 4)), {}, (2, 4, 8, 8, 3),
     ),
     "video_pixels_fourier": (
-        dict(
-            prep_type="pixels",
-            spatial_downsample=2,
-            temporal_downsample=2,
-            position_encoding_type="fourier",
-            fourier_position_encoding_kwargs=_fourier(2, (2, 4, 4)),
-        ),
-        ImagePreprocessor(
-            position_embeddings=FourierPositionEncoding(index_dims=(2, 4, 4), num_bands=2),
-            prep_type="pixels",
-            spatial_downsample=2,
-            temporal_downsample=2,
-        ),
-        (2, 4, 8, 8, 3),
+        dict(prep_type="pixels", spatial_downsample=2, temporal_downsample=2),
+        _fourier_positions(2, (2, 4, 4)), {}, (2, 4, 8, 8, 3),
     ),
-}
+}  # fmt: skip
 
 
 def _variables_from_torch(torch_module, flax_module, x):
@@ -345,7 +275,9 @@ def _variables_from_torch(torch_module, flax_module, x):
 
 @pytest.mark.parametrize("case", sorted(PREPROCESSOR_CASES))
 def test_image_preprocessor_matches_hf(case):
-    hf_kwargs, ours, shape = PREPROCESSOR_CASES[case]
+    common, (hf_positions, positions), hf_only, shape = PREPROCESSOR_CASES[case]
+    hf_kwargs = dict(common, **hf_positions, **hf_only)
+    ours = ImagePreprocessor(position_embeddings=positions, **common)
     torch.manual_seed(0)
     hf_module = redraw_(hf_perceiver.PerceiverImagePreprocessor(_hf_config({}), **hf_kwargs).eval(), seed=6)
     x = _random_inputs(shape, seed=6)

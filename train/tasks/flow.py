@@ -127,15 +127,7 @@ def _report(
 
 
 TASKS["optical_flow"] = Task(
-    head="PerceiverForOpticalFlow",
-    data=_data,
-    example=_example,
-    prepare=_prepare,
-    loss=_loss,
-    summarize=_summarize,
-    headline="epe",
-    headline_name="end-point error (px)",
-    baseline_name="zero-flow baseline",
-    higher_is_better=False,
+    "PerceiverForOpticalFlow", _data, _example, _prepare, _loss, _summarize, headline="epe",
+    headline_name="end-point error (px)", baseline_name="zero-flow baseline", higher_is_better=False,
     report=_report,
-)
+)  # fmt: skip

@@ -141,15 +141,7 @@ def _report(
 
 
 TASKS["multimodal_autoencoding"] = Task(
-    head="PerceiverForMultimodalAutoencoding",
-    data=_data,
-    example=_example,
-    prepare=_prepare,
-    loss=_loss,
-    summarize=_summarize,
-    headline="image_psnr",
-    headline_name="video PSNR (dB)",
-    baseline_name="mean-frame PSNR",
-    report=_report,
+    "PerceiverForMultimodalAutoencoding", _data, _example, _prepare, _loss, _summarize, headline="image_psnr",
+    headline_name="video PSNR (dB)", baseline_name="mean-frame PSNR", report=_report,
     train_model_config=_train_model_config,
-)
+)  # fmt: skip

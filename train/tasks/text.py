@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -78,20 +79,10 @@ def _text_classification_data(config: Config, model_config: PerceiverConfig, wor
 
 
 TASKS["mlm"] = Task(
-    head="PerceiverForMaskedLM",
-    data=_mlm_data,
-    example=lambda config, model_config: _token_example(config, model_config, positions=True),
-    prepare=text_inputs,
-    loss=_mlm_loss,
-    summarize=classification_summary,
-    headline_name="masked-byte accuracy",
-    baseline_name="unigram baseline",
-)
+    "PerceiverForMaskedLM", _mlm_data, functools.partial(_token_example, positions=True), text_inputs, _mlm_loss,
+    classification_summary, headline_name="masked-byte accuracy", baseline_name="unigram baseline",
+)  # fmt: skip
 TASKS["text_classification"] = Task(
-    head="PerceiverForSequenceClassification",
-    data=_text_classification_data,
-    example=lambda config, model_config: _token_example(config, model_config, positions=False),
-    prepare=text_inputs,
-    loss=_mlm_loss,
-    summarize=classification_summary,
-)
+    "PerceiverForSequenceClassification", _text_classification_data,
+    functools.partial(_token_example, positions=False), text_inputs, _mlm_loss, classification_summary,
+)  # fmt: skip
