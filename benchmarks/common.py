@@ -25,7 +25,8 @@ from typing import Any, Callable, Sequence
 #   threads take the cores from those with work (HF's forward was 3.4x slower here with spinning).
 TUNED_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=individual_dot",)
 TUNED_ENV = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", "OMP_WAIT_POLICY": "PASSIVE"}
-# `--tiny` smoke runs time nothing that matters and are compile-bound: XLA optimises less (compiles ~2x faster).
+# `--tiny` smoke runs time nothing that matters and are compile-bound: XLA optimises less
+# (compiles ~2x faster).
 TINY_XLA_FLAGS = ("--xla_backend_optimization_level=0",)
 
 
@@ -43,7 +44,8 @@ def reexec_with_tuned_env(module: str, argv: Sequence[str]) -> None:
 
 
 def add_xla_flags(flags: Sequence[str]) -> None:
-    """Appends to XLA_FLAGS each of `flags` it does not already set (effective before JAX's backend starts)."""
+    """Appends to XLA_FLAGS each of `flags` it does not already set (effective before JAX's backend
+    starts)."""
     current = os.environ.get("XLA_FLAGS", "")
     extra = [f for f in flags if f.split("=")[0] not in current]
     os.environ["XLA_FLAGS"] = " ".join([current, *extra]).strip()

@@ -139,7 +139,8 @@ def jax_report(profile: dict[str, Any], top: int) -> str:
     rest = p["op_ms"] - p["dot_ms"]
     lines = [
         f"wall {p['wall_ms']:.0f} ms; summed op time {p['op_ms']:.0f} ms: matmuls {p['dot_ms']:.0f} ms "
-        f"({p['dot_gflop']:.1f} GFLOP, {p['dot_gflop'] / max(p['dot_ms'] / 1e3, 1e-9):.1f} GFLOP/s), everything else "
+        f"({p['dot_gflop']:.1f} GFLOP, {p['dot_gflop'] / max(p['dot_ms'] / 1e3, 1e-9):.1f} GFLOP/s), "
+        "everything else "
         f"{rest:.0f} ms ({100 * rest / max(p['op_ms'], 1e-9):.0f}%)",
         "",
     ]

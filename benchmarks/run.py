@@ -311,7 +311,8 @@ def targets(speed_rows: list[dict], compile_rows: list[dict], peaks: dict[str, f
             continue
         fraction = r["gflop"] / r["jax_s"] / peaks[r["precision"]]
         lines.append(
-            f"{'MET ' if fraction >= TARGET_PEAK_FRACTION else 'MISS'} forward b{r['batch']}, {r['precision']}: "
+            f"{'MET ' if fraction >= TARGET_PEAK_FRACTION else 'MISS'} forward b{r['batch']}, "
+            f"{r['precision']}: "
             f"{100 * fraction:.0f}% of the measured {r['precision']} matmul peak "
             f"(target >= {100 * TARGET_PEAK_FRACTION:.0f}%)"
         )
@@ -376,8 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         f"(process pinned to {threads} CPUs)",
         f"- environment: XLA_FLAGS=`{info['XLA_FLAGS']}` GLIBC_TUNABLES=`{info['GLIBC_TUNABLES']}` "
         f"OMP_WAIT_POLICY=`{info['OMP_WAIT_POLICY']}`",
-        f"- versions: python {info['python']}, jax {info['jax']}, flax {info['flax']}, optax {info['optax']}, "
-        f"torch {info['torch']}, transformers {info['transformers']}, numpy {info['numpy']}",
+        f"- versions: python {info['python']}, jax {info['jax']}, flax {info['flax']}, "
+        f"optax {info['optax']}, torch {info['torch']}, transformers {info['transformers']}, "
+        f"numpy {info['numpy']}",
         f"- command: `{results['command']}`",
     ]
     print("\n".join(report), flush=True)
@@ -393,9 +395,9 @@ def main(argv: list[str] | None = None) -> int:
             peaks[dtype] = max(p["peak"] for p in runs)
             best = {name: max(max(p[name].values()) for p in runs) for name in ("jax", "torch")}
             report.append(
-                f"- {dtype} matmul peak measured here: **{peaks[dtype]:.1f} GFLOP/s** (best n x n @ n x n over "
-                f"n in {sorted(runs[0]['jax'])}, at the start and the end of the run; jnp.dot {best['jax']:.1f}, "
-                f"torch.mm {best['torch']:.1f})"
+                f"- {dtype} matmul peak measured here: **{peaks[dtype]:.1f} GFLOP/s** "
+                f"(best n x n @ n x n over n in {sorted(runs[0]['jax'])}, at the start and the end "
+                f"of the run; jnp.dot {best['jax']:.1f}, torch.mm {best['torch']:.1f})"
             )
         report += [
             "",
@@ -404,16 +406,17 @@ def main(argv: list[str] | None = None) -> int:
             "float32 rows: both frameworks in float32. bfloat16 rows: perceiver-jax computing in bf16 with "
             "float32 parameters (`dtype=jnp.bfloat16`) vs HF under `torch.autocast('cpu', torch.bfloat16)`; "
             "`HF f32/jax` compares with HF in float32, its default. `% peak`: of the measured matmul peak of "
-            "the row's precision. `matmul s`: time in matrix-multiply ops of one profiled run; `bound`: HF torch "
-            "s / jax matmul s, the most any non-matmul optimisation of perceiver-jax could reach; CPU s: process "
-            "CPU time of all threads (median); rel err: max |logits - HF float32 logits| / max |HF float32 "
-            "logits|.",
+            "the row's precision. `matmul s`: time in matrix-multiply ops of one profiled run; "
+            "`bound`: HF torch s / jax matmul s, the most any non-matmul optimisation of perceiver-jax "
+            "could reach; CPU s: process CPU time of all threads (median); rel err: max |logits - HF "
+            "float32 logits| / max |HF float32 logits|.",
             "",
             speed_table(speed_rows, peaks),
         ]
     timings = {"speed": time.time() - started}
     extra_sections = {
-        "compile": (compile_section, compile_table, "Compile time vs depth (language-perceiver widths, batch 1)"),
+        "compile": (compile_section, compile_table,
+                    "Compile time vs depth (language-perceiver widths, batch 1)"),
         "memory": (memory_section, memory_table,
                    f"Training-step memory vs remat (batch {args.train_batch}, fresh process each)"),
         "decode": (decode_section, decode_table, "Optical-flow decoding memory (one frame pair, inference)"),
@@ -431,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     spent = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items() if name in sections)
     report += [
         "",
-        f"Total {time.time() - started:.0f} s ({spent}); load average (1 min) at the end {os.getloadavg()[0]:.2f}.",
+        f"Total {time.time() - started:.0f} s ({spent}); "
+        f"load average (1 min) at the end {os.getloadavg()[0]:.2f}.",
     ]
     text = "\n".join(report)
     print("\n" + text, flush=True)

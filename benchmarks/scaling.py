@@ -92,7 +92,8 @@ def table(path: str) -> str:
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     lines = [
-        "| model (batch, source) | slice | mesh data x fsdp | remat | memory / chip | fits | est. step | MFU bound |",
+        "| model (batch, source) | slice | mesh data x fsdp | remat | memory / chip | fits | "
+        "est. step | MFU bound |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for model, (_, batch, source) in MODELS.items():
@@ -108,7 +109,8 @@ def table(path: str) -> str:
                 name = f"{model} ({batch}, {source})"
                 if r.get("error"):
                     lines.append(
-                        f"| {name} | {slice_name} | {mesh} | {s['remat']} | - | no: {r['error'][:60]} | - | - |"
+                        f"| {name} | {slice_name} | {mesh} | {s['remat']} | - | "
+                        f"no: {r['error'][:60]} | - | - |"
                     )
                     continue
                 mark = " **best**" if r is best else ""
@@ -116,7 +118,8 @@ def table(path: str) -> str:
                 lines.append(
                     f"| {name} | {slice_name} | {mesh} | {s['remat']} | {r['total_bytes'] / 2**30:.1f} of "
                     f"{r['hbm_bytes'] / 2**30:.0f} GiB | {'yes' if fits else 'no'} | "
-                    f"{(r['estimated_seconds'] or 0) * 1e3:.1f} ms | {100 * (r['mfu_bound'] or 0):.0f}%{mark} |"
+                    f"{(r['estimated_seconds'] or 0) * 1e3:.1f} ms | "
+                    f"{100 * (r['mfu_bound'] or 0):.0f}%{mark} |"
                 )
     return "\n".join(lines)
 

@@ -127,8 +127,8 @@ def with_compute_dtype(pair: Pair, dtype: str) -> Pair:
 
 
 def jax_forward(pair: Pair, batch: Any) -> tuple[Callable[[], Any], dict[str, float]]:
-    """perceiver-jax jitted inference forward (in the model's compute dtype), blocking; also returns lower/compile seconds and
-    the compiled program (`{"lower_s", "compile_s", "compiled"}`)."""
+    """perceiver-jax jitted inference forward (in the model's compute dtype), blocking; also returns
+    lower/compile seconds and the compiled program (`{"lower_s", "compile_s", "compiled"}`)."""
     import jax
 
     args = _jax_inputs(pair.head, batch)

@@ -8,7 +8,8 @@ the steps then cosine to 0, no warmup; label smoothing 0.1; no dropout; random r
 and flip, RandAugment (4 layers, magnitude 5), MixUp 0.2 on half of each batch and CutMix on the other
 half; eval: centre crop of 224 / 256 of the shorter side (Hugging Face's `PerceiverImageProcessor`).
 
-Point the data at your copy: --config.data.train_dir=/data/imagenet/train --config.data.eval_dir=/data/imagenet/val.
+Point the data at your copy:
+--config.data.train_dir=/data/imagenet/train --config.data.eval_dir=/data/imagenet/val.
 Expected result: not measured here (ImageNet is not available offline and a step is far beyond a 2-core
 CPU); `configs/digits_tiny.py` trains the same task and head code on a CPU.
 """

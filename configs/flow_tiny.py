@@ -6,8 +6,10 @@ offline), 24 x 32 crops of 32 x 40 frames.
 
 Measured on a 2-core CPU (2026-12-02): 800 steps in 481 s, eval end-point error 2.354 px against the
 zero-flow baseline's 2.357 px: the model has not learned flow at this budget (a standalone 8 x 8 test with
-4 Fourier bands did, EPE 0.70 vs 1.07; with 64 bands the position features drown the content). The demo
-does not beat its baseline yet.
+4 Fourier bands did, EPE 0.70 vs 1.07; with 64 bands the position features drown the content). Nor did 4
+bands with motions of at most 1-1.5 px, magnified (smooth, `texture_scale` 0.1-0.6) or sharp (1-2)
+textures, no augmentation, or the decoder's query residual (EPE within 0.5% of zero flow's after 800-2000
+steps). The demo does not beat its baseline yet.
 """
 
 import ml_collections

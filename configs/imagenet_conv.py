@@ -1,5 +1,5 @@
-"""deepmind/vision-perceiver-conv on ImageNet: a conv stem (7x7 conv, BatchNorm, max-pool: 56 x 56 -> 55 x 55 tokens) with Fourier features
-(d_model 322); 82.1% top-1 in the paper.
+"""deepmind/vision-perceiver-conv on ImageNet: a conv stem (7x7 conv, BatchNorm, max-pool:
+56 x 56 -> 55 x 55 tokens) with Fourier features (d_model 322); 82.1% top-1 in the paper.
 
     python -m train --config configs/imagenet_conv.py --workdir DIR [--distributed]
 

@@ -1,4 +1,5 @@
-"""deepmind/vision-perceiver-fourier on ImageNet: raw pixels with 2-D Fourier features (64 bands, d_model 261); 79.0% top-1 in the paper.
+"""deepmind/vision-perceiver-fourier on ImageNet: raw pixels with 2-D Fourier features (64 bands,
+d_model 261); 79.0% top-1 in the paper.
 
     python -m train --config configs/imagenet_fourier.py --workdir DIR [--distributed]
 

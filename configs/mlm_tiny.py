@@ -16,7 +16,8 @@ SEQ_LEN = 32
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """Tiny byte MLM (32-byte windows, 32 latents of width 128, 2 self-attention layers) on pydoc_data.topics."""
+    """Tiny byte MLM (32-byte windows, 32 latents of width 128, 2 self-attention layers) on
+    pydoc_data.topics."""
     config = default.demo(
         "mlm", steps=3000, batch=32, lr=2e-3, warmup=100, every=1000,
         d_model=64, num_self_attention_heads=8, num_cross_attention_heads=8, max_position_embeddings=SEQ_LEN,

@@ -59,7 +59,8 @@ def dot_general_f32_accumulation(lhs, rhs, dimension_numbers, precision=None, pr
 
 
 def einsum_f32_accumulation(subscripts: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
-    """`jnp.einsum` accumulating in float32, its result cast to `dtype` (see `dot_general_f32_accumulation`)."""
+    """`jnp.einsum` accumulating in float32, its result cast to `dtype` (see
+    `dot_general_f32_accumulation`)."""
     return jnp.einsum(subscripts, a, b, preferred_element_type=jnp.float32).astype(dtype)
 
 

@@ -98,7 +98,8 @@ class BasicDecoder(Decoder, kw_only=True):
     """Cross-attention decoder: queries built from a position encoding attend to the latents.
 
     Attributes:
-      config: supplies the cross-attention's dropout, norm eps, init std and `cross_attention_shape_for_attention`.
+      config: supplies the cross-attention's dropout, norm eps, init std and
+        `cross_attention_shape_for_attention`.
       output_num_channels: width of the final projection (when `final_project`).
       output_position_encodings: the queries' position encoding, over the output grid `index_dims` (None:
         queries come from elsewhere, e.g. the preprocessed inputs).
@@ -197,7 +198,8 @@ class BasicDecoder(Decoder, kw_only=True):
             query = encoding(batch_size, pos=jnp.broadcast_to(pos[None], (batch_size,) + pos.shape))
             if query.shape[1] != points.shape[0]:
                 raise ValueError(
-                    f"{type(encoding).__name__} gives the same {query.shape[1]} queries whatever the positions: "
+                    f"{type(encoding).__name__} gives the same {query.shape[1]} queries whatever the "
+                    "positions: "
                     "its outputs cannot be subsampled."
                 )
         if self.concat_preprocessed_input:

@@ -194,8 +194,8 @@ class PerceiverForMaskedLM(_TextHead):
         ):
             if width is not None and width % mlm.num_heads:
                 raise ValueError(
-                    f"PerceiverConfig.mlm_decoder.{name}={width} (v_channels None: d_model) must be divisible by "
-                    f"mlm_decoder.num_heads={mlm.num_heads} to build the masked-LM decoder."
+                    f"PerceiverConfig.mlm_decoder.{name}={width} (v_channels None: d_model) must be "
+                    f"divisible by mlm_decoder.num_heads={mlm.num_heads} to build the masked-LM decoder."
                 )
         super().__post_init__()
 
@@ -255,7 +255,8 @@ class _ImageClassifier(PerceiverHead):
             )
         if not jnp.issubdtype(inputs.dtype, jnp.floating):
             raise TypeError(
-                f"images must be floats (normalised as perceiver_jax.image_processing does); got dtype {inputs.dtype}."
+                "images must be floats (normalised as perceiver_jax.image_processing does); "
+                f"got dtype {inputs.dtype}."
             )
         _check_batch(inputs.shape[0], "the images")
 
@@ -290,9 +291,9 @@ class PerceiverForImageClassificationLearned(_ImageClassifier):
         if not interpolate_pos_encoding and tuple(inputs.shape[1:3]) != self.config.image_hw:
             side = "x".join(map(str, self.config.image_hw))
             raise ValueError(
-                f"the images are {inputs.shape[1]}x{inputs.shape[2]} but the learned position table is {side} "
-                f"(image_size): pass interpolate_pos_encoding=True to resize the table (torch bicubic, as HF), "
-                "or resize the images to the size the table was trained for."
+                f"the images are {inputs.shape[1]}x{inputs.shape[2]} but the learned position table is "
+                f"{side} (image_size): pass interpolate_pos_encoding=True to resize the table (torch "
+                "bicubic, as HF), or resize the images to the size the table was trained for."
             )
 
 
@@ -355,8 +356,9 @@ class PerceiverForImageClassificationConvProcessing(_ImageClassifier):
         stem = self.perceiver.input_preprocessor.convnet
         if min(inputs.shape[1:3]) < stem.min_input_size():
             raise ValueError(
-                f"{inputs.shape[1]}x{inputs.shape[2]} images are too small for the conv stem (its convolution "
-                f"and max-pool leave no pixel): use images of at least {stem.min_input_size()} pixels a side."
+                f"{inputs.shape[1]}x{inputs.shape[2]} images are too small for the conv stem (its "
+                "convolution and max-pool leave no pixel): use images of at least "
+                f"{stem.min_input_size()} pixels a side."
             )
 
 

@@ -15,13 +15,13 @@ The pieces of HF's multimodal design, channels-last:
   `.../modalities/<name>/...`, `.../padding/<name>` and `.../mask/<name>` like HF's state-dict keys.
 
 Output points. A modality's output grid is its query encoding's `index_dims` (video: (T, H, W); audio:
-the number of audio tokens); `subsampled_points` are flat indices into it and a Fourier query sits at coordinates
-`-1 + 2 * index / dim` per dimension (HF, and DeepMind's code, which never reach +1; the encoder grid is
-`linspace(-1, 1, n)` instead). A modality without subsampled points decodes every index with the same
-convention: decoding all points equals concatenating the subsampled decodes of any partition of the
-indices, which is how DeepMind's colab reconstructs a whole video chunk by chunk. (HF builds a
-`linspace` grid from the wrong shape there and crashes.) The label's `ClassificationDecoder` ignores
-subsampling and decodes its one learned query (HF: label size 1).
+the number of audio tokens); `subsampled_points` are flat indices into it and a Fourier query sits at
+coordinates `-1 + 2 * index / dim` per dimension (HF, and DeepMind's code, which never reach +1; the
+encoder grid is `linspace(-1, 1, n)` instead). A modality without subsampled points decodes every index
+with the same convention: decoding all points equals concatenating the subsampled decodes of any
+partition of the indices, which is how DeepMind's colab reconstructs a whole video chunk by chunk. (HF
+builds a `linspace` grid from the wrong shape there and crashes.) The label's `ClassificationDecoder`
+ignores subsampling and decodes its one learned query (HF: label size 1).
 
 Masking. HF replaces each token of a modality by the mask token with probability `mask_probs[name]`, at
 inference too. Probabilities 0 and 1 are applied without randomness (the default {audio 0, image 0,
@@ -350,7 +350,8 @@ class MultimodalDecoder(Decoder, kw_only=True):
         unknown = sorted(set(points) - set(self.modalities.names()))
         if unknown:
             raise ValueError(
-                f"subsampled points for unknown modalities {unknown}; this model has {self.modalities.names()}."
+                f"subsampled points for unknown modalities {unknown}; "
+                f"this model has {self.modalities.names()}."
             )
         return points
 

@@ -1,4 +1,5 @@
-"""`PerceiverOutput`: what a model returns when asked for more than its logits (HF's `PerceiverModelOutput`)."""
+"""`PerceiverOutput`: what a model returns when asked for more than its logits (HF's
+`PerceiverModelOutput`)."""
 
 from __future__ import annotations
 

@@ -37,7 +37,8 @@ class Preprocessor(nn.Module):
 
 
 def no_interpolation(module: nn.Module, interpolate_pos_encoding: bool) -> None:
-    """Raises ValueError when `interpolate_pos_encoding` is asked of `module`, which has no table to resize."""
+    """Raises ValueError when `interpolate_pos_encoding` is asked of `module`, which has no table to
+    resize."""
     if interpolate_pos_encoding:
         raise ValueError(f"{type(module).__name__} has no learned position table to interpolate.")
 

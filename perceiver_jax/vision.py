@@ -331,8 +331,8 @@ class ImagePreprocessor(Preprocessor, kw_only=True):
             raise ValueError(
                 f"the inputs give a {'x'.join(map(str, grid))} grid of {features.shape[1]} positions but the "
                 f"position encoding has {pos.shape[1]} (grid {tuple(encoding.index_dims)}): pass "
-                "interpolate_pos_encoding=True to resize a learned table (torch bicubic, as HF), or resize the "
-                "images to the size the table was trained for."
+                "interpolate_pos_encoding=True to resize a learned table (torch bicubic, as HF), or "
+                "resize the images to the size the table was trained for."
             )
         pos = pos.astype(features.dtype)
         if self.concat_or_add_pos == "concat":

@@ -1,5 +1,6 @@
-"""Helpers shared by the tests: small model dimensions (`tiny_dims`), O(1) weights for HF torch models (`redraw_`, `save_random_hf`) and for
-Flax models (`o1_variables`), padded token batches, the relative error, parameter counts.
+"""Helpers shared by the tests: small model dimensions (`tiny_dims`), O(1) weights for HF torch models
+(`redraw_`, `save_random_hf`) and for Flax models (`o1_variables`), padded token batches, the relative
+error, parameter counts.
 
 HF's own init (std 0.02) makes Perceiver outputs tiny, so any port looks "close"; both re-drawers draw every
 parameter (and float buffer) at O(1) scale so that a relative error of 1e-5 actually means something.

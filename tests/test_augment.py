@@ -1,4 +1,5 @@
-"""Tests for `train.data.augment`: DeepMind's crop / flip / RandAugment on the host, MixUp / CutMix on device."""
+"""Tests for `train.data.augment`: DeepMind's crop / flip / RandAugment on the host, MixUp / CutMix on
+device."""
 
 from __future__ import annotations
 

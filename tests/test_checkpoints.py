@@ -95,7 +95,10 @@ def test_max_checkpoints_0_keeps_every_checkpoint(tmp_path):
 
 
 def test_a_second_trainer_on_a_workdir_in_use_refuses(tmp_path):
-    code = "import sys, time; from train.checkpoint import WorkdirLock; lock = WorkdirLock(sys.argv[1]); print('held', flush=True); time.sleep(120)"
+    code = (
+        "import sys, time; from train.checkpoint import WorkdirLock; lock = WorkdirLock(sys.argv[1]); "
+        "print('held', flush=True); time.sleep(120)"
+    )
     holder = subprocess.Popen(
         [sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True
     )

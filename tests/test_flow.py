@@ -41,7 +41,8 @@ def hf_unfold_patches(pairs: np.ndarray) -> np.ndarray:
 
 
 def coordinate_frames(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Frames whose pixels hold their own global (y, x): frame1 `(y, x, 0)`, frame2 `(y + 500, x + 1000, 1)`."""
+    """Frames whose pixels hold their own global (y, x): frame1 `(y, x, 0)`, frame2
+    `(y + 500, x + 1000, 1)`."""
     y, x = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
     frame1 = np.stack([y, x, np.zeros_like(y)], axis=-1).astype(np.float32)
     return frame1, frame1 + np.float32([500, 1000, 1])
@@ -76,7 +77,8 @@ def test_extract_patches_matches_torch_unfold_in_hf_layout():
     # HF's preprocessor reads the two frames' 27 channels as 54 per pixel: frame 1 first.
     hf_features = space_to_depth(torch.from_numpy(reference), temporal_block_size=2, spatial_block_size=1)
     np.testing.assert_array_equal(hf_features[:, 0].numpy(), np.concatenate([ours[:, 0], ours[:, 1]], -1))
-    # The convention spelled out: channel (dy * 3 + dx) * 3 + c is pixel (y + dy - 1, x + dx - 1), zeros outside.
+    # The convention spelled out: channel (dy * 3 + dx) * 3 + c is pixel (y + dy - 1, x + dx - 1),
+    # zeros outside.
     np.testing.assert_array_equal(ours[0, 1, 3, 4, 12:15], pairs[0, 1, 3, 4])
     np.testing.assert_array_equal(ours[0, 0, 3, 4, 0:3], pairs[0, 0, 2, 3])
     np.testing.assert_array_equal(ours[0, 0, 3, 4, 24:27], pairs[0, 0, 4, 5])

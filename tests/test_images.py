@@ -1,4 +1,5 @@
-"""Tests for `train.data.images`: image-folder and digits sources, splits, decoding, train / eval transforms."""
+"""Tests for `train.data.images`: image-folder and digits sources, splits, decoding, train / eval
+transforms."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests of users' labelled text files (`train.data.labelled_text`): readers, labels, splits, errors, examples."""
+"""Tests of users' labelled text files (`train.data.labelled_text`): readers, labels, splits, errors,
+examples."""
 
 from __future__ import annotations
 
@@ -197,7 +198,8 @@ TEXTS = [
     "hello world",
     "",
     "x" * 100,
-    "naïve café — 日本語のテキスト 🙂 " * 3,  # cut inside multi-byte characters at several lengths
+    # cut inside multi-byte characters at several lengths
+    "naïve café — 日本語のテキスト 🙂 " * 3,
     "a" * 13 + "é",  # 'é' split at seq_len 16 (13 bytes + 1 of its 2)
 ]
 

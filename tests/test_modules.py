@@ -23,8 +23,9 @@ from perceiver_jax.position_encoding import (
 )
 
 SMALL = PerceiverConfig(
-    num_latents=8, d_latents=32, d_model=16, num_blocks=2, num_self_attends_per_block=2, num_self_attention_heads=4,
-    num_cross_attention_heads=2, vocab_size=30, max_position_embeddings=12, num_labels=3,
+    num_latents=8, d_latents=32, d_model=16, num_blocks=2, num_self_attends_per_block=2,
+    num_self_attention_heads=4, num_cross_attention_heads=2, vocab_size=30, max_position_embeddings=12,
+    num_labels=3,
     attention_probs_dropout_prob=0.5,
 )  # fmt: skip
 
@@ -333,7 +334,8 @@ def test_bfloat16_model_has_no_bfloat16_result_products():
 
 
 def test_cudnn_attention_falls_back_to_xla_where_it_does_not_apply():
-    """On a CPU (and for float32, or unequal head widths) 'cudnn' models compute exactly what 'xla' ones do."""
+    """On a CPU (and for float32, or unequal head widths) 'cudnn' models compute exactly what 'xla' ones
+    do."""
     from perceiver_jax.attention import cudnn_applies
 
     config = SMALL.replace(attention_probs_dropout_prob=0.0)

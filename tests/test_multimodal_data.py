@@ -32,9 +32,9 @@ NUM_SAMPLES = 4 * 32
 TRANSFORM = ClipTransform(SPEC)
 # A model of SPEC's clips: 4 x 32 x 40 video, 128 audio samples in tokens of 16, 5 classes.
 CONFIG = PerceiverConfig(**tiny_dims(
-    num_latents=8, d_model=32, num_self_attends_per_block=1, num_labels=5, num_frames=4, audio_samples_per_frame=32,
-    samples_per_patch=16, image_size=(32, 40), output_shape=(1, 4, 32, 40), output_num_channels=16,
-    _label_trainable_num_channels=16,
+    num_latents=8, d_model=32, num_self_attends_per_block=1, num_labels=5, num_frames=4,
+    audio_samples_per_frame=32, samples_per_patch=16, image_size=(32, 40), output_shape=(1, 4, 32, 40),
+    output_num_channels=16, _label_trainable_num_channels=16,
 ))  # fmt: skip
 
 

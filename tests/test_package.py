@@ -34,7 +34,8 @@ def test_the_wheel_installs_and_runs_a_head_without_torch(tmp_path):
     source = tmp_path / "source"  # a copy, so that the build leaves no build/ or egg-info in the checkout
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "__pycache__", "runs", "build"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", source, "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "dist"],
+        [sys.executable, "-m", "pip", "wheel", source, "--no-deps", "--no-build-isolation", "-q",
+         "-w", tmp_path / "dist"],
         check=True, capture_output=True, timeout=600,
     )  # fmt: skip
     (wheel,) = (tmp_path / "dist").glob("perceiver_jax-*.whl")
@@ -63,8 +64,8 @@ def test_the_wheel_installs_and_runs_a_head_without_torch(tmp_path):
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
     result = subprocess.run(
-        [venv / "bin" / "python", "-c", SCRIPT, folder], cwd=elsewhere, env=env, capture_output=True, text=True,
-        timeout=600,
+        [venv / "bin" / "python", "-c", SCRIPT, folder], cwd=elsewhere, env=env, capture_output=True,
+        text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     output = json.loads(result.stdout.strip().splitlines()[-1])

@@ -17,7 +17,8 @@ from train import aot
 BATCH = 56
 MLM = tiny_dims(
     num_latents=24, d_latents=128, d_model=64, num_self_attention_heads=4, num_cross_attention_heads=4,
-    max_position_embeddings=128, mlm_decoder=dict(num_heads=4, qk_channels=64), attention_probs_dropout_prob=0.0,
+    max_position_embeddings=128, mlm_decoder=dict(num_heads=4, qk_channels=64),
+    attention_probs_dropout_prob=0.0,
 )  # fmt: skip
 CONV = tiny_dims(
     num_latents=24, d_latents=128, d_model=322, num_self_attention_heads=4, image_size=32, num_labels=10,

@@ -332,8 +332,8 @@ def test_checkpoint_of_another_size(mlm, tmp_path):
     assert "mis-shaped keys" in message
     assert "perceiver.embeddings.latents: checkpoint (8, 48), model expects (8, 64)" in message
     assert (
-        "perceiver.encoder.self_attends.1.attention.self.key.weight: checkpoint (48, 48), model expects (64, 64)"
-        in message
+        "perceiver.encoder.self_attends.1.attention.self.key.weight: "
+        "checkpoint (48, 48), model expects (64, 64)" in message
     )
     assert "missing keys (0)" in message and "unexpected keys (0)" in message
 

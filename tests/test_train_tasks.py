@@ -28,7 +28,8 @@ from test_train import ROOT, _compilation_cache, train_losses  # noqa: F401
 
 from configs import default
 from perceiver_jax import from_pretrained
-from train import trainer
+from train import build, trainer
+from train.tasks import get_task
 
 COMMON = dict(
     num_latents=8, d_latents=32, num_self_attends_per_block=1, num_self_attention_heads=2,
@@ -54,7 +55,8 @@ def config_for(task, steps=4, **changes):
     elif task == "multimodal_autoencoding":
         config.model = default.model(
             **COMMON, d_model=16, num_labels=3, num_frames=2, image_size=8, audio_samples_per_frame=16,
-            samples_per_patch=8, output_shape=(1, 2, 8, 8), output_num_channels=16, _label_trainable_num_channels=16,
+            samples_per_patch=8, output_shape=(1, 2, 8, 8), output_num_channels=16,
+            _label_trainable_num_channels=16,
         )  # fmt: skip
         config.data.num_train_clips, config.data.num_eval_clips, config.data.num_report_clips = 32, 8, 1
         config.data.num_points = dict(image=32, audio=2)
@@ -318,8 +320,8 @@ def test_flow_and_multimodal_train_resume_shard_and_export(task, tmp_path):
         ours = model.apply(
             variables, inputs, subsampled_output_points={k: jnp.asarray(v) for k, v in points.items()}
         )
-        torch_inputs = {"image": torch.tensor(video.transpose(0, 1, 4, 2, 3).copy()), "audio": torch.tensor(audio),
-                        "label": torch.tensor(label)}  # fmt: skip
+        torch_inputs = {"image": torch.tensor(video.transpose(0, 1, 4, 2, 3).copy()),
+                        "audio": torch.tensor(audio), "label": torch.tensor(label)}  # fmt: skip
         torch_points = {**{k: torch.tensor(v) for k, v in points.items()}, "label": None}
         with torch.no_grad():
             theirs = hf_model(inputs=torch_inputs, subsampled_output_points=torch_points).logits
@@ -327,3 +329,28 @@ def test_flow_and_multimodal_train_resume_shard_and_export(task, tmp_path):
     for key, value in theirs.items():
         assert max_rel_err(np.asarray(ours[key]), value) <= 1e-5, key
     jax.clear_caches()
+
+
+def test_multimodal_baseline_is_the_mean_frame_of_the_batch_not_of_the_clip():
+    """The printed baseline does not see the clip (like zero flow): grey clips of two levels score finite
+    baseline PSNR while each clip's own mean frame (`clip_mean_psnr`, the oracle) reproduces them; an
+    example of weight 0 (eval padding) does not move the mean."""
+    config = config_for("multimodal_autoencoding")
+    model_config = build.model_config_of(config)
+    task = get_task("multimodal_autoencoding")
+    levels = np.array([0.2, 0.6, 1.0], np.float32)
+    batch = {
+        "image": np.broadcast_to(levels[:, None, None, None, None], (3, 2, 8, 8, 3)).copy(),
+        "audio": np.zeros((3, 32, 1), np.float32),
+        "label": np.zeros((3, 3), np.float32),
+        "targets": np.zeros(3, np.int32),
+        "weights": np.array([1, 1, 0], np.float32),
+    }
+    _, _, prepared = task.prepare(jax.tree.map(jnp.asarray, batch), None, config, model_config)
+    np.testing.assert_allclose(prepared["image_baseline"], 0.4, rtol=1e-6)  # (0.2 + 0.6) / 2
+    np.testing.assert_allclose(prepared["image_clip_mean"], prepared["image_targets"], rtol=1e-6)
+    outputs = {"image": prepared["image_baseline"], "audio": prepared["audio_targets"],
+               "label": jnp.zeros((3, 3))}  # fmt: skip
+    summary = task.summarize(task.loss(outputs, prepared, config, False))
+    assert abs(summary["baseline"] - summary["image_psnr"]) < 1e-3  # the baseline's own PSNR
+    assert abs(summary["baseline"] - 20 * np.log10(1 / 0.2)) < 1e-3  # error 0.2 on both weighted clips

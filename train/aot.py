@@ -249,8 +249,9 @@ def describe(report: Report) -> str:
     hbm = gib(report.hbm_bytes) if report.hbm_bytes else "unknown"
     lines = [
         f"{report.topology}: {report.num_chips} x {report.chip}, mesh {report.mesh}",
-        f"  per chip: arguments {gib(report.argument_bytes)}, temporaries {gib(report.temp_bytes)}, outputs "
-        f"{gib(report.output_bytes)} (aliasing {gib(report.alias_bytes)}): total {gib(report.total_bytes)} of "
+        f"  per chip: arguments {gib(report.argument_bytes)}, temporaries {gib(report.temp_bytes)}, "
+        f"outputs {gib(report.output_bytes)} (aliasing {gib(report.alias_bytes)}): "
+        f"total {gib(report.total_bytes)} of "
         f"{hbm} HBM" + ("" if report.fits is None else (" - fits" if report.fits else " - DOES NOT FIT")),
         f"  FLOPs per chip per step {report.flops:.3e}",
     ]
@@ -258,8 +259,8 @@ def describe(report: Report) -> str:
         lines.append(f"  compiler's estimated step time {report.compiler_seconds * 1e3:.2f} ms")
     elif report.roofline_seconds:
         lines.append(
-            f"  estimated step time {report.roofline_seconds * 1e3:.2f} ms (roofline of the compiler's FLOPs, "
-            "bytes and collectives: its cost model gives no time for this chip)"
+            f"  estimated step time {report.roofline_seconds * 1e3:.2f} ms (roofline of the compiler's "
+            "FLOPs, bytes and collectives: its cost model gives no time for this chip)"
         )
     if report.mfu_bound is not None:
         lines.append(

@@ -135,8 +135,8 @@ class Checkpointer:
             problems.insert(0, f"task: checkpoint {saved['task']!r}, config {self.meta['task']!r}")
         if problems:
             raise RunMismatch(
-                f"the checkpoint at step {step} in {self.directory} was written for a different model, task or "
-                "optimiser setting; use a new --workdir or the same config. Differences:\n  "
+                f"the checkpoint at step {step} in {self.directory} was written for a different model, "
+                "task or optimiser setting; use a new --workdir or the same config. Differences:\n  "
                 + "\n  ".join(problems)
             )
 
@@ -194,8 +194,8 @@ class Checkpointer:
         if damaged:
             raise RuntimeError(
                 f"no readable checkpoint in {self.directory}: every one is damaged and was moved to "
-                f"{os.path.join(self.workdir, 'checkpoints_damaged')} ({'; '.join(damaged)}). Restore them from "
-                "a backup, or rerun to start from scratch."
+                f"{os.path.join(self.workdir, 'checkpoints_damaged')} ({'; '.join(damaged)}). "
+                "Restore them from a backup, or rerun to start from scratch."
             )
         return None
 
@@ -339,7 +339,8 @@ def _from_hugging_face(source: str, wanted: dict, model_config: PerceiverConfig,
     if any(set(_paths(have.get(c, {}))) != set(_paths(tree)) for c, tree in wanted.items()):
         raise ValueError(
             f"config.init_from: {folder} holds a {architecture}, whose {' and '.join(parts)} have other "
-            f"parameters than this task's {head} (another modality); initialise from a model of the same kind."
+            f"parameters than this task's {head} (another modality); "
+            "initialise from a model of the same kind."
         )
     _check_same_model(hf_config.to_dict(), model_config, f"the Hugging Face {architecture} in {folder}")
     variables = convert_state_dict(source_model, load_hf_state_dict(folder))

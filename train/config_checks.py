@@ -37,7 +37,8 @@ def check(config: ml_collections.ConfigDict) -> None:
     )
     _require(
         0.0 <= config.label_smoothing < 1.0,
-        f"config.label_smoothing={config.label_smoothing} must be in [0, 1): the weight moved to uniform labels.",
+        f"config.label_smoothing={config.label_smoothing} must be in [0, 1): "
+        "the weight moved to uniform labels.",
     )
     _require(
         0.0 <= config.b1 < 1.0 and 0.0 <= config.b2 < 1.0,
@@ -68,6 +69,7 @@ def check_resume(config: ml_collections.ConfigDict, step: int, directory: str) -
     """Raises ValueError when the checkpoint to resume from is past `config.num_train_steps`."""
     _require(
         step <= config.num_train_steps,
-        f"the checkpoint in {directory} is at step {step}, past config.num_train_steps={config.num_train_steps}: "
+        f"the checkpoint in {directory} is at step {step}, "
+        f"past config.num_train_steps={config.num_train_steps}: "
         "nothing is left to train. Raise num_train_steps to train further, or use a new --workdir.",
     )

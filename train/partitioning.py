@@ -34,7 +34,8 @@ def mesh_sizes(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int
         known = -math.prod(sizes)
         if num_devices % known:
             raise ValueError(
-                f"config.mesh {dict(zip(MESH_AXES, sizes))}: {num_devices} devices are not a multiple of {known}."
+                f"config.mesh {dict(zip(MESH_AXES, sizes))}: "
+                f"{num_devices} devices are not a multiple of {known}."
             )
         sizes[sizes.index(-1)] = num_devices // known
     if math.prod(sizes) > num_devices:

@@ -93,7 +93,8 @@ def write_summary(workdir: str, summary: dict) -> None:
         timing += f", then {summary['steps_per_second']:.2f} steps/s"
     if summary["step"] < summary["num_train_steps"]:
         print(
-            f"\n{summary['task']}: stopped after step {summary['step']} of {summary['num_train_steps']} ({timing}); "
+            f"\n{summary['task']}: stopped after step {summary['step']} of {summary['num_train_steps']} "
+            f"({timing}); "
             "rerun with the same --workdir to resume."
         )
         return

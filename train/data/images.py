@@ -16,9 +16,10 @@ root's location or the order of listing.
 
 Transforms turn a record into an example `{'inputs': float32 (H, W, 3), 'targets': int32 (),
 'weights': float32 ()}`: `ImageTrainTransform(record, rng)` (decode, random resized crop, flip,
-RandAugment, normalise; see `train.data.augment` for DeepMind's recipe) and `ImageEvalTransform(record)` (Hugging
-Face's centre crop). With `image_size=None` both keep every image at its own size (no crop, no resize),
-which needs all images of one size: check with `native_image_size(train, eval)` first.
+RandAugment, normalise; see `train.data.augment` for DeepMind's recipe) and
+`ImageEvalTransform(record)` (Hugging Face's centre crop). With `image_size=None` both keep every
+image at its own size (no crop, no resize), which needs all images of one size: check with
+`native_image_size(train, eval)` first.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ config keeps HF's 1.0, so evaluation and the exported model classify from video 
 Data: `config.data.root` empty: synthetic clips (moving shapes whose class sets the shape, colour and the
 pitch of a tone; offline), else a clip folder (`train.data.multimodal.clip_folder`: .npz per clip, or
 .npy per modality) and `config.data.eval_root`. Metrics: L1s, label top-1 and video / audio PSNR on
-the decoded points, against the PSNR of the clip's mean frame (the baseline); at each eval `report`
+the decoded points, against the PSNR of the mean frame of the batch's clips (the baseline, which does not
+see the clip, like zero flow for optical flow; `clip_mean_psnr` is that of each clip's own mean frame, an
+oracle that does); at each eval `report`
 reconstructs `config.data.num_report_clips` clips at full resolution, streamed in chunks.
 """
 
@@ -63,18 +65,23 @@ def _points(rng: jax.Array, config: Config, model_config: PerceiverConfig) -> di
 
 def _prepare(batch, rng, config: Config, model_config: PerceiverConfig):
     """The clip's modalities and a set of output points (training: drawn with `rng`; eval: a fixed set);
-    the targets at those points, and the clip's mean frame at the video points (the baseline)."""
+    the targets at those points, and at the video points the mean frame of the batch's clips (the
+    baseline) and each clip's own mean frame."""
     points = _points(jax.random.key(0) if rng is None else rng, config, model_config)
-    targets = multimodal.subsampled_targets(
-        batch["image"], batch["audio"], points, model_config.samples_per_patch
-    )
-    frames = batch["image"].shape[1]
-    mean_frame = jnp.repeat(batch["image"].mean(axis=1, keepdims=True), frames, axis=1)
-    baseline = multimodal.subsampled_targets(
-        mean_frame, batch["audio"], points, model_config.samples_per_patch
+
+    def at_points(video):
+        return multimodal.subsampled_targets(video, batch["audio"], points, model_config.samples_per_patch)
+
+    targets = at_points(batch["image"])
+    video, weights = batch["image"], batch["weights"].reshape(-1, 1, 1, 1, 1)
+    batch_mean = jnp.sum(video * weights, axis=(0, 1), keepdims=True) / jnp.maximum(
+        jnp.sum(weights) * video.shape[1], 1e-6
     )
     batch = {**batch, "image_targets": targets["image"], "audio_targets": targets["audio"]}
-    batch["image_baseline"] = baseline["image"]
+    batch["image_baseline"] = at_points(jnp.broadcast_to(batch_mean, video.shape))["image"]
+    batch["image_clip_mean"] = at_points(jnp.broadcast_to(video.mean(axis=1, keepdims=True), video.shape))[
+        "image"
+    ]
     kwargs = {
         "inputs": {name: batch[name] for name in ("image", "audio", "label")},
         "subsampled_output_points": points,
@@ -100,6 +107,9 @@ def _loss(outputs, batch, config: Config, train: bool):
         baseline_psnr=jnp.sum(
             multimodal.psnr(batch["image_baseline"], batch["image_targets"], 1.0) * weights
         ),
+        clip_mean_psnr=jnp.sum(
+            multimodal.psnr(batch["image_clip_mean"], batch["image_targets"], 1.0) * weights
+        ),
     )
 
 
@@ -120,24 +130,30 @@ def _report(
     model, variables, data: Data, config: Config, model_config: PerceiverConfig, workdir: str, step: int
 ):
     """Full-resolution reconstruction (every point, streamed in chunks) of the first eval clips: video and
-    audio PSNR, label accuracy, and the mean-frame baseline's video PSNR."""
+    audio PSNR, label accuracy, and the video PSNR of the mean frame of these clips (the baseline)."""
     apply = jax.jit(lambda v, inputs: model.apply(v, inputs))
-    totals, count = {}, min(config.data.num_report_clips, len(data.eval))
-    for i in range(count):
-        example = jax.tree.map(lambda x: x[None], data.eval_transform(data.eval[i], None))
+    count = min(config.data.num_report_clips, len(data.eval))
+    examples = [
+        jax.tree.map(lambda x: x[None], data.eval_transform(data.eval[i], None)) for i in range(count)
+    ]
+    if not examples:
+        return {}
+    mean_frame, totals = np.mean([e["image"].mean(axis=(0, 1)) for e in examples], axis=0), {}
+    for example in examples:
         inputs = {name: jnp.asarray(example[name]) for name in ("image", "audio", "label")}
         outputs = apply(variables, inputs)
         video = outputs["image"].reshape(example["image"].shape)
-        mean_frame = np.broadcast_to(example["image"].mean(axis=1, keepdims=True), example["image"].shape)
         values = {
             "full_video_psnr": multimodal.psnr(video, example["image"], 1.0),
             "full_audio_psnr": multimodal.psnr(outputs["audio"], example["audio"][..., 0], 1.0),
             "full_label_accuracy": jnp.argmax(outputs["label"], -1) == example["targets"],
-            "full_mean_frame_psnr": multimodal.psnr(mean_frame, example["image"], 1.0),
+            "full_mean_frame_psnr": multimodal.psnr(
+                np.broadcast_to(mean_frame, video.shape), example["image"], 1.0
+            ),
         }
         for name, value in values.items():
             totals[name] = totals.get(name, 0.0) + float(value[0])
-    return {name: value / count for name, value in totals.items()} if count else {}
+    return {name: value / count for name, value in totals.items()}
 
 
 TASKS["multimodal_autoencoding"] = Task(

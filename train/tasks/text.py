@@ -34,7 +34,8 @@ def _mlm_data(config: Config, model_config: PerceiverConfig, workdir: str) -> Da
     if seq_len != model_config.mlm_num_queries:
         raise ValueError(
             f"masked LM: config.data.seq_len={seq_len} must equal the decoder's output length "
-            f"{model_config.mlm_num_queries} (model.max_position_embeddings or model.mlm_decoder_num_queries)."
+            f"{model_config.mlm_num_queries} "
+            "(model.max_position_embeddings or model.mlm_decoder_num_queries)."
         )
     if not 0.0 < config.data.mask_prob <= 1.0:
         raise ValueError(
@@ -79,8 +80,9 @@ def _text_classification_data(config: Config, model_config: PerceiverConfig, wor
 
 
 TASKS["mlm"] = Task(
-    "PerceiverForMaskedLM", _mlm_data, functools.partial(_token_example, positions=True), text_inputs, _mlm_loss,
-    classification_summary, headline_name="masked-byte accuracy", baseline_name="unigram baseline",
+    "PerceiverForMaskedLM", _mlm_data, functools.partial(_token_example, positions=True), text_inputs,
+    _mlm_loss, classification_summary, headline_name="masked-byte accuracy",
+    baseline_name="unigram baseline",
 )  # fmt: skip
 TASKS["text_classification"] = Task(
     "PerceiverForSequenceClassification", _text_classification_data,
