@@ -18,52 +18,34 @@ from benchmarks import common, workloads
 MIB = 2**20
 
 
-def _mlm(overrides: dict[str, Any], remat: str = "none"):
-    from perceiver_jax import HEADS, PerceiverConfig, Settings
-
-    config = PerceiverConfig(**overrides)
-    return HEADS["PerceiverForMaskedLM"](config, settings=Settings(remat=remat))
-
-
 def _abstract_text_inputs(batch_size: int, seq_len: int):
     import jax
     import jax.numpy as jnp
 
     ids = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32)
-    return (ids, ids), jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32)
-
-
-def _abstract_train_state(model, args):
-    """Abstract params and AdamW state of `model` (shapes only, nothing allocated)."""
-    import jax
-    import flax.linen as nn
-
-    from benchmarks.workloads import make_jax_train_step
-
-    step, optimizer = make_jax_train_step(model)
-    init = jax.eval_shape(lambda key, a: model.init(key, **workloads.head_kwargs(a)), jax.random.key(0), args)
-    params = nn.unbox(init)["params"]
-    return step, params, jax.eval_shape(optimizer.init, params)
+    return ids, ids
 
 
 def compile_times(
     overrides: dict[str, Any], depths: Sequence[int], batch_size: int, seq_len: int, repeats: int = 1
 ) -> list[dict[str, Any]]:
     """Lower and compile seconds (best of `repeats`, each from a fresh `jax.jit`) of the masked-LM
-    forward and training step with `num_self_attends_per_block` = each of `depths`."""
+    forward and the trainer's training step with `num_self_attends_per_block` = each of `depths`."""
     import jax
 
     rows = []
     for depth in depths:
-        model = _mlm(dict(overrides, num_self_attends_per_block=depth))
-        args, labels = _abstract_text_inputs(batch_size, seq_len)
         row: dict[str, Any] = {"layers": depth}
         for _ in range(repeats):
-            step, params, opt_state = _abstract_train_state(model, args)
+            model_overrides = dict(overrides, num_self_attends_per_block=depth)
+            run = workloads.trainer_run(model_overrides, batch_size, seq_len)
+            model, params = run.step.model, run.abstract_state.params
             forward = jax.jit(lambda p, *a: model.apply({"params": p}, **workloads.head_kwargs(a)))
-            _, lower_s, compile_s = common.lower_and_compile(forward, params, *args)
+            _, lower_s, compile_s = common.lower_and_compile(
+                forward, params, *_abstract_text_inputs(batch_size, seq_len)
+            )
             _, train_lower_s, train_compile_s = common.lower_and_compile(
-                step, params, opt_state, 0, args, labels
+                run.train_step, run.abstract_state, run.abstract_batch
             )
             for key, value in (
                 ("forward_lower_s", lower_s),
@@ -189,7 +171,7 @@ def multimodal_decode_memory(
 
 
 def _worker(argv: Sequence[str]) -> None:
-    """Fresh-process measurement: build the masked-LM, compile and run one training step, print XLA's
+    """Fresh-process measurement: build the trainer's masked-LM run, compile and run one step, print XLA's
     memory accounting, the RSS before the step and the peak RSS during the step as JSON."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--remat", required=True)
@@ -199,23 +181,19 @@ def _worker(argv: Sequence[str]) -> None:
     parser.add_argument("--prng-impl", default=None)
     args = parser.parse_args(argv)
     import jax
-    import jax.numpy as jnp
 
+    if args.prng_impl:
+        jax.config.update("jax_default_prng_impl", args.prng_impl)
     overrides = workloads.TINY_LANGUAGE if args.tiny else workloads.LANGUAGE_PERCEIVER
-    model = _mlm(overrides, remat=args.remat)
-    batch = workloads.text_batch(model.config.vocab_size, args.batch, args.seq_len)
-    inputs = (jnp.asarray(batch["ids"], jnp.int32), jnp.asarray(batch["mask"], jnp.int32))
-    labels = jnp.asarray(batch["labels"], jnp.int32)
-    step, optimizer = workloads.make_jax_train_step(model, args.prng_impl)
-    params = jax.jit(model.init)(jax.random.key(0), **workloads.head_kwargs(inputs))["params"]
-    opt_state = optimizer.init(params)
-    compiled = step.lower(params, opt_state, 0, inputs, labels).compile()
-    jax.block_until_ready((params, opt_state))
+    run = workloads.trainer_run(overrides, args.batch, args.seq_len, remat=args.remat)
+    state, batch = run.init(jax.random.key(0)), workloads.trainer_batch(run)
+    compiled = run.train_step.lower(state, batch).compile()
+    jax.block_until_ready(state)
     before = common.current_rss_mib()
     common.reset_peak_rss()  # the step's peak, not initialisation's or compilation's
     start = time.perf_counter()
-    params, opt_state, loss = compiled(params, opt_state, 0, inputs, labels)
-    jax.block_until_ready((params, opt_state, loss))
+    state, sums, _ = compiled(state, batch)
+    jax.block_until_ready((state, sums))
     seconds = time.perf_counter() - start
     peak = common.peak_rss_mib()
     result = {"rss_before_step_mib": before, "peak_rss_mib": peak, "step_s": seconds}

@@ -104,32 +104,26 @@ def compile_with_fallback(
 
 
 def train_mfu(args) -> dict[str, Any]:
-    """bf16 training step of the language model: seconds per step, tokens/s, TFLOP/s, MFU."""
+    """bf16 training step of the language model (the trainer's own `train_step`): seconds per step,
+    tokens/s, TFLOP/s, MFU."""
     import jax
-    import jax.numpy as jnp
-
-    from perceiver_jax import HEADS, PerceiverConfig, Settings
 
     overrides = dict(workloads.TINY_LANGUAGE if args.tiny else workloads.LANGUAGE_PERCEIVER)
     overrides["attention_probs_dropout_prob"] = args.attention_dropout
-    config = PerceiverConfig(**overrides)
     seq_len = 64 if args.tiny else 2048
-    batch = workloads.text_batch(config.vocab_size, args.batch, seq_len)
-    inputs = (jnp.asarray(batch["ids"], jnp.int32), jnp.asarray(batch["mask"], jnp.int32))
-    labels = jnp.asarray(batch["labels"], jnp.int32)
 
-    def model_for(implementation: str):
-        return HEADS["PerceiverForMaskedLM"](
-            config, settings=Settings(dtype=jnp.bfloat16, attention_implementation=implementation)
+    def run_for(implementation: str):
+        return workloads.trainer_run(
+            overrides, args.batch, seq_len, dtype="bfloat16", attention_implementation=implementation
         )
 
-    params = jax.jit(model_for("xla").init)(jax.random.key(0), **workloads.head_kwargs(inputs))["params"]
-    optimizer = workloads.make_jax_train_step(model_for("xla"))[1]
-    state = {"params": params, "opt": optimizer.init(params)}
+    xla_run = run_for("xla")
+    config = xla_run.step.model_config
+    state = {"state": xla_run.init(jax.random.key(0))}
+    batch = workloads.trainer_batch(xla_run)
     start = time.perf_counter()
     compiled, implementation, note = compile_with_fallback(
-        lambda impl: workloads.make_jax_train_step(model_for(impl))[0],
-        lambda fn: fn.lower(state["params"], state["opt"], 0, inputs, labels),
+        lambda impl: run_for(impl).train_step, lambda fn: fn.lower(state["state"], batch)
     )
     precondition = cudnn_precondition(config)
     if precondition:
@@ -137,8 +131,8 @@ def train_mfu(args) -> dict[str, Any]:
     compile_s = time.perf_counter() - start
 
     def run(i: int):
-        state["params"], state["opt"], loss = compiled(state["params"], state["opt"], i, inputs, labels)
-        return loss
+        state["state"], sums, _ = compiled(state["state"], batch)
+        return sums["loss"] / sums["weight"]
 
     for i in range(args.warmup):
         jax.block_until_ready(run(i))

@@ -3,6 +3,7 @@ estimates, no TPU needed), for the paper's pretraining / ImageNet runs, over mes
 
     python -m benchmarks.scaling --output benchmarks/scaling.json    # compiles (hours on a 2-core CPU)
     python -m benchmarks.scaling --table benchmarks/scaling.json     # the markdown table of RESULTS.md
+    python -m benchmarks.scaling --output benchmarks/scaling.json --slices v5p-64 --models language  # a part
 
 Each compile runs in its own process (`python -m train.aot --json`), so one that fails or runs out of
 memory does not stop the others; results are appended to the JSON file as they come, and rerunning skips
@@ -62,14 +63,20 @@ def compile_one(config: str, topology: str, batch: int, setting: dict[str, objec
     return {"error": lines[-1] if lines else result.stderr.strip().splitlines()[-1]}
 
 
-def run(output: str, timeout: int) -> None:
+def run(output: str, timeout: int, slices: list[str] | None = None, models: list[str] | None = None) -> None:
+    """Compiles every setting of `models` (substrings of the `MODELS` names; None: all) on `slices`
+    (None: all) not yet in `output`, appending each result as a JSON line."""
     done = []
     if os.path.exists(output):
         with open(output) as f:
             done = [json.loads(line) for line in f if line.strip()]
     seen = {(r["model"], r["slice"], json.dumps(r["setting"], sort_keys=True)) for r in done}
     for model, (config, batch, _) in MODELS.items():
+        if models and not any(m in model for m in models):
+            continue
         for slice_name, (topology, devices) in SLICES.items():
+            if slices and slice_name not in slices:
+                continue
             for setting in candidates(devices):
                 key = (model, slice_name, json.dumps(setting, sort_keys=True))
                 if key in seen:
@@ -131,9 +138,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", help="compile every setting, appending JSON lines to this file")
     parser.add_argument("--table", help="print the markdown table of this JSON-lines file")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per compile (both programs)")
+    parser.add_argument("--slices", nargs="+", choices=sorted(SLICES), help="only these slices")
+    parser.add_argument("--models", nargs="+", help="only the models whose names contain one of these")
     args = parser.parse_args(argv)
     if args.output:
-        run(args.output, args.timeout)
+        run(args.output, args.timeout, args.slices, args.models)
     if args.table:
         print(table(args.table))
 

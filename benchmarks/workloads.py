@@ -175,10 +175,47 @@ def torch_train_step(pair: Pair, batch: dict[str, np.ndarray], autocast: bool = 
     return step
 
 
+def trainer_run(model_overrides: dict[str, Any], batch_size: int, seq_len: int, **changes: Any):
+    """The trainer's own masked-LM run (`train.build.build`: its `train_step` with clipping, the weight-decay
+    mask, accumulation and sharding) of a model with `model_overrides`, on one device, for batches of
+    `batch_size` x `seq_len`; `changes` set trainer fields (`dtype`, `remat`, `attention_implementation`).
+    Returns the `train.build.Run`."""
+    from configs import default
+    from train import build, partitioning
+    from train.tasks import get_task
+
+    config = default.get_config()
+    config.model = default.model(**model_overrides)
+    config.mesh.fsdp = 1
+    config.data.seq_len, config.global_batch_size = seq_len, batch_size
+    config.update(changes)
+    mesh = partitioning.make_mesh(1, 1, 1)
+    return build.build(config, get_task("mlm"), build.model_config_of(config), mesh)
+
+
+def trainer_batch(run, seed: int = 0) -> dict[str, Any]:
+    """A device batch of `run.abstract_batch`'s shapes: random token ids and targets, weights and mask 1."""
+    import jax
+
+    rng, vocab = np.random.default_rng(seed), run.step.model_config.vocab_size
+
+    def leaf(name, spec):
+        if name in ("inputs", "targets"):
+            return rng.integers(0, vocab, spec.shape).astype(spec.dtype)
+        return np.ones(spec.shape, spec.dtype)
+
+    batch = {name: leaf(name, spec) for name, spec in run.abstract_batch.items()}
+    return jax.device_put(batch, run.batch_sharding)
+
+
 def make_jax_train_step(model: Any, prng_impl: str | None = None) -> Callable:
     """`step(params, opt_state, step_index, *inputs, labels) -> (params, opt_state, loss)`: MLM loss (in
     float32 whatever the model's compute dtype), attention dropout on, gradients, optax AdamW; jitted with
-    params and optimiser state donated."""
+    params and optimiser state donated.
+
+    This is the HF comparison's step, doing exactly what `torch_train_step` does (no clipping or decay
+    mask, which torch's loop does not have); the other benchmarks time the trainer's own step
+    (`trainer_run`)."""
     import jax
     import jax.numpy as jnp
     import optax

@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -16,8 +18,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from helpers import tiny_dims
 
-from benchmarks import flops, gpu, workloads
+from benchmarks import flops, gpu, scaling, workloads
 from perceiver_jax import PerceiverConfig
+from train import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -207,3 +210,29 @@ def test_multimodal_full_decode_memory_is_flat_in_the_output_size():
     small, large = compile_memory.multimodal_decode_memory(tiny, [(32, 32), (64, 64)], chunk_size=64)
     assert large["points"] == 4 * small["points"] and large["output_mib"] > 3 * small["output_mib"]
     assert large["temp_mib"] <= 1.2 * small["temp_mib"]
+
+
+def test_scaling_compiles_the_chosen_slices_once_and_marks_the_best(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_compile(config, topology, batch, setting, timeout):
+        calls.append((config, topology, batch))
+        mfu = {"none": 0.4, "dots": 0.3}[setting["remat"]] + (0.1 if setting["data"] == 1 else 0.0)
+        return dict(total_bytes=2**30, hbm_bytes=95 * 2**30, estimated_seconds=0.5, mfu_bound=mfu)
+
+    monkeypatch.setattr(scaling, "compile_one", fake_compile)
+    out = str(tmp_path / "scaling.json")
+    scaling.run(out, 10, slices=["v5p-64"], models=["language"])
+    assert calls == [("configs/language_perceiver.py", "v5p:4x4x4", 2048)] * 3
+    scaling.run(out, 10, slices=["v5p-64"], models=["language"])  # rerun: every setting is there already
+    assert len(calls) == 3
+    best = [line for line in scaling.table(out).splitlines() if "**best**" in line]
+    assert len(best) == 1 and "| v5p-64 | 1 x 64 | none | 1.0 of 95 GiB | yes | 500.0 ms | 50%" in best[0]
+
+
+def test_benchmarks_time_the_trainers_own_step():
+    run = workloads.trainer_run(workloads.TINY_LANGUAGE, 2, 64, remat="full")
+    assert isinstance(run, build.Run) and run.step.config.remat == "full"
+    assert run.step.config.clip_grad_norm == 1.0 and run.step.config.optimizer == "adamw"  # the trainer's
+    state, sums, _ = run.train_step(run.init(jax.random.key(0)), workloads.trainer_batch(run))
+    assert int(state.step) == 1 and float(sums["weight"]) == 2 * 64 and np.isfinite(float(sums["loss"]))
