@@ -42,13 +42,6 @@ TARGET_PEAK_FRACTION = 0.70
 TARGET_COMPILE_RATIO = 2.0
 
 
-def _rel_err(ours, reference) -> float:
-    import numpy as np
-
-    ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
-    return float(np.max(np.abs(ours - reference)) / max(float(np.max(np.abs(reference))), 1e-30))
-
-
 PRECISIONS = ("float32", "bfloat16")
 
 
@@ -86,13 +79,16 @@ def _measure(name, batch_size, gflop, torch_fn, jax_fn, jax_info, repeats, preci
 def _forward_rows(name, pair, batch, batch_size, gflop, repeats) -> list[dict]:
     """Forward rows in float32 (both frameworks) and in bfloat16 (perceiver-jax's bf16 compute with float32
     parameters vs HF under torch's bf16 autocast); relative errors are against HF's float32 logits."""
+    from perceiver_jax.parity import max_relative_error
+
     reference = workloads.torch_forward(pair, batch)().numpy()
     rows = []
     for precision in PRECISIONS:
         bf16 = precision == "bfloat16"
         torch_fn = workloads.torch_forward(pair, batch, autocast=bf16)
         jax_fn, info = workloads.jax_forward(workloads.with_compute_dtype(pair, precision), batch)
-        extra = dict(rel_err=_rel_err(jax_fn(), reference), torch_rel_err=_rel_err(torch_fn(), reference))
+        errors = {"rel_err": jax_fn(), "torch_rel_err": torch_fn()}
+        extra = {name: max_relative_error(out, reference) for name, out in errors.items()}
         rows.append(_measure(name, batch_size, gflop, torch_fn, jax_fn, info, repeats, precision, **extra))
     rows[1]["speedup_vs_torch_f32"] = rows[0]["torch_s"] / rows[1]["jax_s"]
     return rows

@@ -18,6 +18,16 @@ import numpy as np
 from perceiver_jax.config import PerceiverConfig
 from perceiver_jax.hf import from_pretrained
 
+
+def max_relative_error(ours: Any, reference: Any) -> float:
+    """`max|ours - reference| / max|reference|` in float64, of arrays of the same shape (numpy or jax);
+    the measure every parity check of perceiver-jax reports."""
+    ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+    if ours.shape != reference.shape:
+        raise ValueError(f"shapes differ: {ours.shape} vs the reference's {reference.shape}.")
+    return float(np.max(np.abs(ours - reference)) / max(float(np.max(np.abs(reference))), 1e-30))
+
+
 # A head's inputs: (config, rng, batch size) -> (perceiver-jax keyword arguments, torch keyword arguments).
 InputFn = Callable[[PerceiverConfig, np.random.Generator, int], tuple[dict, dict]]
 
@@ -154,8 +164,7 @@ def compare(path: str, batch_size: int = 2, seed: int = 0) -> dict[str, tuple[fl
             raise ValueError(
                 f"output {key!r}: perceiver-jax shape {ours[key].shape} != HF shape {ref.shape}."
             )
-        abs_err = float(np.max(np.abs(ours[key] - ref)))
-        errors[key] = (abs_err, abs_err / max(float(np.max(np.abs(ref))), 1e-30))
+        errors[key] = (float(np.max(np.abs(ours[key] - ref))), max_relative_error(ours[key], ref))
     return errors
 
 

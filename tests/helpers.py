@@ -16,6 +16,8 @@ import torch
 from flax.core import meta
 from torch import nn
 
+from perceiver_jax.parity import max_relative_error
+
 
 # A small Perceiver (keyword arguments of PerceiverConfig and transformers.PerceiverConfig); tests override
 # the dimensions they exercise.
@@ -106,11 +108,9 @@ def save_random_hf(cls, hf_config, folder, seed=0, **save_kwargs):
 
 
 def max_rel_err(a, b):
-    """max|a - b| / max|b| in float64; `a`, `b` are arrays (numpy, jax or torch) of the same shape."""
-    a = np.asarray(a.detach() if isinstance(a, torch.Tensor) else a, dtype=np.float64)
-    b = np.asarray(b.detach() if isinstance(b, torch.Tensor) else b, dtype=np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+    """`perceiver_jax.parity.max_relative_error` of arrays that may also be torch tensors."""
+    a, b = (x.detach().numpy() if isinstance(x, torch.Tensor) else x for x in (a, b))
+    return max_relative_error(a, b)
 
 
 def count_params(tree):
