@@ -82,9 +82,8 @@ def run(output: str, timeout: int, slices: list[str] | None = None, models: list
                 if key in seen:
                     continue
                 report = compile_one(config, topology, batch, setting, timeout)
-                row = dict(
-                    model=model, slice=slice_name, topology=topology, batch=batch, setting=setting, **report
-                )
+                row = {**report, "model": model, "slice": slice_name, "topology": topology}
+                row.update(batch=batch, setting=setting)
                 print(
                     json.dumps({k: row.get(k) for k in ("model", "slice", "setting", "mfu_bound", "error")}),
                     flush=True,

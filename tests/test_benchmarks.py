@@ -218,7 +218,8 @@ def test_scaling_compiles_the_chosen_slices_once_and_marks_the_best(tmp_path, mo
     def fake_compile(config, topology, batch, setting, timeout):
         calls.append((config, topology, batch))
         mfu = {"none": 0.4, "dots": 0.3}[setting["remat"]] + (0.1 if setting["data"] == 1 else 0.0)
-        return dict(total_bytes=2**30, hbm_bytes=95 * 2**30, estimated_seconds=0.5, mfu_bound=mfu)
+        report = dict(total_bytes=2**30, hbm_bytes=95 * 2**30, estimated_seconds=0.5, mfu_bound=mfu)
+        return dict(report, topology=topology)  # train.aot's report names the topology too
 
     monkeypatch.setattr(scaling, "compile_one", fake_compile)
     out = str(tmp_path / "scaling.json")
