@@ -46,3 +46,19 @@ def test_a_configuration_that_does_not_fit_exits_with_the_memory_and_advice():
     last = out.strip().splitlines()[-1]
     assert last.startswith("v5e:2x2: does not fit: ") and "available per chip" in last
     assert "--config.remat" in last and "--config.mesh.fsdp" in last and "grad_accum_steps" in last
+
+
+def test_a_mesh_axis_that_splits_the_physical_axes():
+    """8 x 2 on a 4 x 4 slice: no mesh axis is a product of physical axes, so they are split (jax.make_mesh
+    alone refuses this mesh)."""
+    code = (
+        "from train import aot, partitioning\n"
+        "mesh = partitioning.make_mesh(8, 2, 1, devices=aot.devices_of('v5e:4x4'))\n"
+        "print(dict(mesh.shape), len(set(mesh.devices.flat)))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "{'data': 8, 'fsdp': 2, 'tensor': 1} 16"

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from perceiver_jax.sharding import BATCH, Rules, fit_spec, mesh_size
@@ -59,7 +60,11 @@ def make_mesh(data: int, fsdp: int, tensor: int, devices: Sequence[Any] | None =
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
     if len({getattr(d, "core_on_chip", 0) for d in devices}) > 1:  # TPU v4 topologies list each core
         return jax.sharding.Mesh(np.asarray(devices[:needed]).reshape(sizes), MESH_AXES, axis_types=auto)
-    return jax.make_mesh(sizes, MESH_AXES, axis_types=auto, devices=devices[:needed])
+    try:
+        return jax.make_mesh(sizes, MESH_AXES, axis_types=auto, devices=devices[:needed])
+    except NotImplementedError:  # a size that is no product of physical axes (8 on a 4x4x4 slice): split them
+        grid = mesh_utils.create_device_mesh(sizes, devices[:needed], allow_split_physical_axes=True)
+        return jax.sharding.Mesh(grid, MESH_AXES, axis_types=auto)
 
 
 def as_rules(rules: Sequence[Sequence[Any]]) -> Rules:
