@@ -19,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 
+from benchmarks import common
+
 # name -> (config, paper batch, where the paper gives it).
 MODELS = {
     "language-perceiver MLM, 2048 bytes": ("configs/language_perceiver.py", 2048, "Perceiver IO Table 12"),
@@ -97,11 +99,9 @@ def table(path: str) -> str:
     (highest MFU bound among those that fit) marked."""
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    lines = [
-        "| model (batch, source) | slice | mesh data x fsdp | remat | memory / chip | fits | "
-        "est. step | MFU bound |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    headers = ["model (batch, source)", "slice", "mesh data x fsdp", "remat", "memory / chip", "fits"]
+    headers += ["est. step", "MFU bound"]
+    cells = []
     for model, (_, batch, source) in MODELS.items():
         for slice_name in SLICES:
             group = [r for r in rows if r["model"] == model and r["slice"] == slice_name]
@@ -111,23 +111,15 @@ def table(path: str) -> str:
             best = max(fitting, key=lambda r: r.get("mfu_bound") or 0, default=None)
             for r in group:
                 s = r["setting"]
-                mesh = f"{s['data']} x {s['fsdp']}"
-                name = f"{model} ({batch}, {source})"
+                first = [f"{model} ({batch}, {source})", slice_name, f"{s['data']} x {s['fsdp']}", s["remat"]]
                 if r.get("error"):
-                    lines.append(
-                        f"| {name} | {slice_name} | {mesh} | {s['remat']} | - | "
-                        f"no: {r['error'][:60]} | - | - |"
-                    )
+                    cells.append(first + ["-", f"no: {r['error'][:60]}", "-", "-"])
                     continue
-                mark = " **best**" if r is best else ""
-                fits = r["total_bytes"] <= r["hbm_bytes"]
-                lines.append(
-                    f"| {name} | {slice_name} | {mesh} | {s['remat']} | {r['total_bytes'] / 2**30:.1f} of "
-                    f"{r['hbm_bytes'] / 2**30:.0f} GiB | {'yes' if fits else 'no'} | "
-                    f"{(r['estimated_seconds'] or 0) * 1e3:.1f} ms | "
-                    f"{100 * (r['mfu_bound'] or 0):.0f}%{mark} |"
-                )
-    return "\n".join(lines)
+                memory = f"{r['total_bytes'] / 2**30:.1f} of {r['hbm_bytes'] / 2**30:.0f} GiB"
+                fits = "yes" if r["total_bytes"] <= r["hbm_bytes"] else "no"
+                mfu = f"{100 * (r['mfu_bound'] or 0):.0f}%" + (" **best**" if r is best else "")
+                cells.append(first + [memory, fits, f"{(r['estimated_seconds'] or 0) * 1e3:.1f} ms", mfu])
+    return common.markdown_table(headers, cells)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import tiny_dims
+from helpers import o1_variables, tiny_dims
+from test_export import CALL_KWARGS, CONFIGS, model_of
 
 from perceiver_jax import PerceiverConfig, PerceiverModel, Settings
 from perceiver_jax.decoders import BasicDecoder, Decoder, ProjectionDecoder
@@ -158,3 +159,20 @@ def test_settings_are_validated_where_they_enter():
     assert Settings(dtype="bfloat16").dtype == jnp.bfloat16
     with pytest.raises(TypeError, match="positional"):
         BasicDecoder(CONFIG, 3)  # constructors take keywords
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_head_takes_the_same_call(name):
+    """`apply(variables, inputs, *, attention_mask=None, deterministic=True, ...)` on every head: a mask of
+    ones over the preprocessed inputs changes nothing, and a positional flag is refused (it would
+    otherwise become `deterministic=None`)."""
+    model = model_of(name)
+    kwargs = dict(model.example_inputs(2), **CALL_KWARGS.get(name, {}))
+    variables = o1_variables(model, 0, **model.example_inputs())
+    plain = model.apply(variables, **kwargs, output_attentions=True)
+    num_inputs = plain.cross_attentions[0].shape[-1]
+    masked = model.apply(variables, **kwargs, attention_mask=jnp.ones((2, num_inputs), jnp.int32))
+    for ours, reference in zip(jax.tree.leaves(masked), jax.tree.leaves(plain.logits)):
+        np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=1e-6)
+    with pytest.raises(TypeError):
+        model.apply(variables, kwargs.pop("inputs"), None, **kwargs)

@@ -296,10 +296,8 @@ def main(argv: list[str]) -> int:
     print(describe(report))
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:
-            json.dump(
-                dict(dataclasses.asdict(report), total_bytes=report.total_bytes, mfu_bound=report.mfu_bound),
-                f,
-            )
+            derived = dict(total_bytes=report.total_bytes, estimated_seconds=report.estimated_seconds)
+            json.dump(dict(dataclasses.asdict(report), **derived, mfu_bound=report.mfu_bound), f)
     if report.fits is False:
         print(
             f"{report.topology}: does not fit: {report.total_bytes / GIB:.2f} GiB needed per chip, "
