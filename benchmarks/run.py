@@ -36,12 +36,6 @@ from benchmarks import common, flops, profile, workloads
 LANGUAGE_HEAD = "PerceiverForMaskedLM"
 VISION_HEAD = "PerceiverForImageClassificationFourier"
 
-# Targets of the performance issue (checked at the end of a run).
-TARGET_SPEEDUP = 1.5
-TARGET_PEAK_FRACTION = 0.70
-TARGET_COMPILE_RATIO = 2.0
-
-
 PRECISIONS = ("float32", "bfloat16")
 
 
@@ -112,7 +106,6 @@ def _train_rows(name, pair, batch, batch_size, gflop, repeats, prng_impl) -> lis
 def speed(args) -> list[dict]:
     """The speed rows, each in float32 and bfloat16: language forward at two batch sizes, training step,
     vision forward."""
-    from perceiver_jax import HEADS
 
     rows = []
     lang = workloads.TINY_LANGUAGE if args.tiny else workloads.LANGUAGE_PERCEIVER
@@ -135,22 +128,16 @@ def speed(args) -> list[dict]:
     gc.collect()
 
     name = "vision-perceiver-fourier" + (" (tiny)" if args.tiny else "") + " forward"
-    if VISION_HEAD not in HEADS:
-        rows.append({"workload": name, "batch": 1, "note": f"{VISION_HEAD} not in perceiver_jax.heads.HEADS"})
-        print(_progress(rows[-1]), flush=True)
-    else:
-        overrides = workloads.TINY_VISION_FOURIER if args.tiny else workloads.VISION_FOURIER
-        pair = workloads.build_pair(VISION_HEAD, overrides)
-        size = overrides["image_size"]
-        batch = workloads.image_batch(1, size, size)
-        gflop = flops.model_flops(VISION_HEAD, pair.model.config, 1, height=size, width=size) / 1e9
-        rows += _forward_rows(name, pair, batch, 1, gflop, max(3, args.repeats - 2))
+    overrides = workloads.TINY_VISION_FOURIER if args.tiny else workloads.VISION_FOURIER
+    pair = workloads.build_pair(VISION_HEAD, overrides)
+    size = overrides["image_size"]
+    batch = workloads.image_batch(1, size, size)
+    gflop = flops.model_flops(VISION_HEAD, pair.model.config, 1, height=size, width=size) / 1e9
+    rows += _forward_rows(name, pair, batch, 1, gflop, max(3, args.repeats - 2))
     return rows
 
 
 def _progress(row: dict) -> str:
-    if "note" in row:
-        return f"  {row['workload']}: n/a ({row['note']})"
     return (
         f"  {row['workload']} {row['precision']} b{row['batch']}: torch {row['torch_s']:.3f}s "
         f"jax {row['jax_s']:.3f}s x{row['speedup']:.2f} (load {row['load_1min']})"
@@ -183,9 +170,6 @@ def speed_table(rows: list[dict], peaks: dict[str, float]) -> str:
     ]
     out = []
     for r in rows:
-        if "note" in r:
-            out.append([r["workload"], None, r["batch"]] + [None] * (len(headers) - 3))
-            continue
         torch_gflops, jax_gflops = r["gflop"] / r["torch_s"], r["gflop"] / r["jax_s"]
         peak = peaks[r["precision"]]
         vs_f32 = r.get("speedup_vs_torch_f32", r["speedup"] if r["precision"] == "float32" else None)
@@ -281,46 +265,6 @@ def decode_table(rows: list[dict]) -> str:
         ("decoder alone: XLA temp MiB", "decoder_temp_mib"), ("whole head: XLA temp MiB", "head_temp_mib"),
         ("compile s", "head_compile_s"),
     ])  # fmt: skip
-
-
-def targets(speed_rows: list[dict], compile_rows: list[dict], peaks: dict[str, float]) -> list[str]:
-    """One line per target of the issue: met or missed, with the measured value."""
-    lines = []
-    for r in speed_rows:
-        if "note" in r or "vision" in r["workload"]:
-            continue
-        if r["precision"] == "float32":
-            ok = r["speedup"] >= TARGET_SPEEDUP
-            lines.append(
-                f"{'MET ' if ok else 'MISS'} {r['workload']} b{r['batch']}, float32: {r['speedup']:.2f}x HF "
-                f"torch (target >= {TARGET_SPEEDUP}x; matmul-time bound {r['speedup_bound']:.2f}x)"
-            )
-        else:
-            ok = r["speedup_vs_torch_f32"] >= TARGET_SPEEDUP
-            lines.append(
-                f"{'MET ' if ok else 'MISS'} {r['workload']} b{r['batch']}, bf16 compute: "
-                f"{r['speedup_vs_torch_f32']:.2f}x HF torch float32 (target >= {TARGET_SPEEDUP}x); "
-                f"{r['speedup']:.2f}x HF torch under bf16 autocast"
-            )
-    for r in speed_rows:
-        if "note" in r or "vision" in r["workload"] or "forward" not in r["workload"] or r["batch"] == 1:
-            continue
-        fraction = r["gflop"] / r["jax_s"] / peaks[r["precision"]]
-        lines.append(
-            f"{'MET ' if fraction >= TARGET_PEAK_FRACTION else 'MISS'} forward b{r['batch']}, "
-            f"{r['precision']}: "
-            f"{100 * fraction:.0f}% of the measured {r['precision']} matmul peak "
-            f"(target >= {100 * TARGET_PEAK_FRACTION:.0f}%)"
-        )
-    if compile_rows:
-        ratio = compile_rows[-1]["forward_compile_s"] / compile_rows[0]["forward_compile_s"]
-        train_ratio = compile_rows[-1]["train_compile_s"] / compile_rows[0]["train_compile_s"]
-        ok = max(ratio, train_ratio) <= TARGET_COMPILE_RATIO
-        lines.append(
-            f"{'MET ' if ok else 'MISS'} compile {compile_rows[-1]['layers']} vs {compile_rows[0]['layers']} "
-            f"layers: forward {ratio:.2f}x, train step {train_ratio:.2f}x (target <= {TARGET_COMPILE_RATIO}x)"
-        )
-    return lines
 
 
 def _peak(args, dtype: str) -> dict[str, Any]:
@@ -423,10 +367,6 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = measure(args)
             timings[name] = time.time() - section_start
             report += ["", f"## {title}", "", table(results[name])]
-    compile_rows = results.get("compile", [])
-    lines = targets(speed_rows, compile_rows, peaks)
-    if lines:
-        report += ["", "## Targets", ""] + [f"- {line}" for line in lines]
     spent = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items() if name in sections)
     report += [
         "",

@@ -4,7 +4,7 @@ scikit-learn's digits (1797 8x8 images of 10 digits, shipped with scikit-learn: 
 32 x 32 with DeepMind's augmentation (random resized crop, flip off: digits are not mirror-symmetric,
 light RandAugment; no MixUp / CutMix at this size).
 
-    python -m train --config configs/digits_tiny.py --workdir /tmp/digits_tiny
+    python -m train --config configs/digits_tiny.py --workdir runs/digits_tiny
 
 The same data trains the other image heads: --config.task=image_fourier --config.model.d_model=261, or
 --config.task=image_learned --config.model.d_model=512. Expected on a 2-core CPU: 600 steps in about

@@ -2,7 +2,7 @@
 frame pairs with exact flow (scikit-image's photographs moved by random affine layers, AutoFlow-style;
 offline), 24 x 32 crops of 32 x 40 frames.
 
-    python -m train --config configs/flow_tiny.py --workdir /tmp/flow_tiny
+    python -m train --config configs/flow_tiny.py --workdir runs/flow_tiny
 
 Measured on a 2-core CPU (2026-12-02): 800 steps in 481 s, eval end-point error 2.354 px against the
 zero-flow baseline's 2.357 px: the model has not learned flow at this budget (a standalone 8 x 8 test with

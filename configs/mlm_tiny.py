@@ -1,6 +1,6 @@
 """Byte-level masked-LM pretraining of a tiny Perceiver IO on the embedded corpus: the demo job.
 
-    python -m train --config configs/mlm_tiny.py --workdir /tmp/mlm_tiny
+    python -m train --config configs/mlm_tiny.py --workdir runs/mlm_tiny
 
 Expected on a 2-core CPU: 3000 steps in about 4 minutes (compile included), eval loss about 2.42 and
 masked-byte accuracy about 0.32 against the unigram baseline 0.18 (the most frequent masked byte). The

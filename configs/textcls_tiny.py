@@ -2,8 +2,8 @@
 source is a snippet from, 'news', 'python-docs' or 'wikipedia'? (`train.data.labelled_text`, written to
 <workdir>/demo_text/ as train.csv and eval.csv; 1200 / 300 snippets per label; needs gensim.)
 
-    python -m train --config configs/mlm_tiny.py --workdir /tmp/mlm_tiny         # pretrain first
-    python -m train --config configs/textcls_tiny.py --workdir /tmp/textcls_tiny
+    python -m train --config configs/mlm_tiny.py --workdir runs/mlm_tiny         # pretrain first
+    python -m train --config configs/textcls_tiny.py --workdir runs/textcls_tiny
 
 `init_from` copies the pretrained embeddings and encoder; the classification decoder starts from scratch.
 Your own CSV: --config.data.train_file=data.csv [--config.data.eval_file=eval.csv]
@@ -18,10 +18,10 @@ from configs import mlm_tiny
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """Source classification of 30-byte snippets, fine-tuned from /tmp/mlm_tiny."""
+    """Source classification of 30-byte snippets, fine-tuned from runs/mlm_tiny."""
     config = mlm_tiny.get_config()
     config.task = "text_classification"
-    config.init_from = "/tmp/mlm_tiny"
+    config.init_from = "runs/mlm_tiny"
     config.num_train_steps = 600
     config.learning_rate = 1e-3
     config.warmup_steps = 50

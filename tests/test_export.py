@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import max_rel_err, o1_variables, tiny_dims
+from helpers import max_rel_err, o1_variables, padded_batch, tiny_dims
 
 from perceiver_jax import HEADS, PerceiverConfig
 from perceiver_jax.export import call_exported, deserialize, export_head, serialize
@@ -52,10 +52,10 @@ def random_inputs(name, model, batch_size, seed=0):
     multimodal head its inputs dict; the others their image or patches, all random."""
     rng = np.random.default_rng(seed)
     if name in ("PerceiverForMaskedLM", "PerceiverForSequenceClassification"):
-        length = model.config.max_position_embeddings
-        ids = rng.integers(0, model.config.vocab_size, (batch_size, length))
-        mask = (np.arange(length)[None] < rng.integers(1, length + 1, (batch_size, 1))).astype(np.int32)
-        return jnp.asarray(ids, jnp.int32), jnp.asarray(mask)
+        ids, mask = padded_batch(
+            model.config.vocab_size, model.config.max_position_embeddings, batch_size, seed
+        )
+        return jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
     inputs = model.example_inputs(batch_size)["inputs"]
     return (jax.tree_util.tree_map(lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype), inputs),)
 

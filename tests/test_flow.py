@@ -11,7 +11,7 @@ import transformers
 from PIL import Image
 from transformers.models.perceiver.modeling_perceiver import space_to_depth
 
-from helpers import tiny_dims
+from helpers import redraw_, tiny_dims
 
 from perceiver_jax.flow import (
     blend_weights,
@@ -217,20 +217,6 @@ def test_translation_is_recovered_with_a_block_matching_stub(size, shift):
 
 
 # --- With the optical-flow head.
-
-
-def redraw_(model: torch.nn.Module, seed: int) -> None:
-    """Re-draws every HF parameter at O(1) scale (HF's std-0.02 init makes every output look alike)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if p.ndim >= 2 and not name.endswith("latents"):
-                p.copy_(noise / p.shape[1] ** 0.5)  # Linear (out, in): std 1/sqrt(fan_in)
-            elif "layernorm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.1 * noise)
-            else:
-                p.copy_(noise if name.endswith("latents") else 0.1 * noise)
 
 
 def test_predict_flow_with_the_head_matches_hf_through_the_colab_pipeline(tmp_path):
