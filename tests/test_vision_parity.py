@@ -28,6 +28,7 @@ from perceiver_jax.position_encoding import (
     PositionEncodingProjector,
     TrainablePositionEncoding,
 )
+from perceiver_jax.multimodal import AudioPreprocessor
 from perceiver_jax.vision import ImagePreprocessor, space_to_depth
 
 RTOL = 1e-5
@@ -352,3 +353,30 @@ def test_hard_coded_fields_round_trip_and_stay_out_of_hf_config():
         math.prod(PerceiverForOpticalFlow(PerceiverConfig()).example_inputs()["inputs"].shape)
         == 2 * 368 * 496 * 27
     )
+
+
+# case -> ((HF position kwargs, our position encoding), concat_or_add_pos); 8 tokens of 4 samples. HF's
+# projection takes `out_channels` (64) inputs, so a projected encoding must be 64 wide.
+AUDIO_CASES = {
+    "trainable_concat": (_trainable(8, 6), "concat"),
+    "trainable_projected_add": (_projected(_trainable(8, 64), 4), "add"),
+    "fourier_concat": (_fourier_positions(3, (8,)), "concat"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(AUDIO_CASES))
+def test_audio_preprocessor_matches_hf(case):
+    (hf_positions, positions), how = AUDIO_CASES[case]
+    ours = AudioPreprocessor(samples_per_patch=4, position_embeddings=positions, concat_or_add_pos=how)
+    hf_module = hf_perceiver.PerceiverAudioPreprocessor(
+        _hf_config({}), samples_per_patch=4, concat_or_add_pos=how, **hf_positions
+    )
+    redraw_(hf_module.eval(), seed=8)
+    x = _random_inputs((2, 32, 1), seed=8)
+    with torch.no_grad():
+        ref_tokens, _, ref_samples = hf_module(torch.tensor(x))
+    variables = _variables_from_torch(hf_module, ours, jnp.asarray(x))
+    tokens, modality_sizes, samples = ours.apply(variables, jnp.asarray(x))
+    assert modality_sizes is None and tokens.shape == tuple(ref_tokens.shape) == (2, 8, ours.num_channels())
+    assert max_rel_err(tokens, ref_tokens) <= RTOL
+    assert max_rel_err(samples, ref_samples) <= RTOL
