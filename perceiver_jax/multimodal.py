@@ -158,6 +158,12 @@ class AudioPreprocessor(Preprocessor, kw_only=True):
             pos = encoding(batch_size)
         else:
             pos = encoding(batch_size, pos=linear_positions((num_tokens,)).reshape(1, -1, 1))
+        if pos.shape[1] != num_tokens:
+            raise ValueError(
+                f"the audio gives {num_tokens} tokens of {self.samples_per_patch} samples but the position "
+                f"encoding has {pos.shape[1]} positions (a learned table of {tuple(encoding.index_dims)}): "
+                "pass audio of the length the table was built for, or build the table for this length."
+            )
         pos = pos.astype(patches.dtype)
         if self.concat_or_add_pos == "concat":
             return jnp.concatenate([patches, pos], axis=-1), None, patches

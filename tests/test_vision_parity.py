@@ -380,3 +380,11 @@ def test_audio_preprocessor_matches_hf(case):
     assert modality_sizes is None and tokens.shape == tuple(ref_tokens.shape) == (2, 8, ours.num_channels())
     assert max_rel_err(tokens, ref_tokens) <= RTOL
     assert max_rel_err(samples, ref_samples) <= RTOL
+
+
+def test_audio_of_another_length_than_a_learned_table_says_so():
+    ours = AudioPreprocessor(samples_per_patch=4, position_embeddings=_trainable(8, 6)[1])
+    variables = ours.init(jax.random.key(0), jnp.zeros((1, 32, 1)))
+    message = r"the audio gives 6 tokens of 4 samples but the position encoding has 8 positions"
+    with pytest.raises(ValueError, match=message):
+        ours.apply(variables, jnp.zeros((1, 24, 1)))
