@@ -123,7 +123,8 @@ def train_mfu(args) -> dict[str, Any]:
     batch = workloads.trainer_batch(xla_run)
     start = time.perf_counter()
     compiled, implementation, note = compile_with_fallback(
-        lambda impl: run_for(impl).train_step, lambda fn: fn.lower(state["state"], batch)
+        lambda impl: (xla_run if impl == "xla" else run_for(impl)).train_step,
+        lambda fn: fn.lower(state["state"], batch),
     )
     precondition = cudnn_precondition(config)
     if precondition:

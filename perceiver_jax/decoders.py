@@ -199,8 +199,7 @@ class BasicDecoder(Decoder, kw_only=True):
             if query.shape[1] != points.shape[0]:
                 raise ValueError(
                     f"{type(encoding).__name__} gives the same {query.shape[1]} queries whatever the "
-                    "positions: "
-                    "its outputs cannot be subsampled."
+                    "positions: its outputs cannot be subsampled."
                 )
         if self.concat_preprocessed_input:
             if inputs_without_pos is None:

@@ -161,12 +161,13 @@ class _TextHead(PerceiverHead):
 
     def _text_preprocessor(self) -> TextPreprocessor:
         cfg = self.config
-        sizes = dict(
+        return TextPreprocessor(
             vocab_size=cfg.vocab_size,
             d_model=cfg.d_model,
             max_position_embeddings=cfg.max_position_embeddings,
+            init_std=cfg.initializer_range,
+            settings=self.settings,
         )
-        return TextPreprocessor(**sizes, init_std=cfg.initializer_range, settings=self.settings)
 
     def example_inputs(self, batch_size: int = 1) -> dict[str, Any]:
         """Token ids `(batch_size, min(8, max_position_embeddings))` of zeros."""

@@ -138,7 +138,8 @@ def _report(
     ]
     if not examples:
         return {}
-    mean_frame, totals = np.mean([e["image"].mean(axis=(0, 1)) for e in examples], axis=0), {}
+    mean_frame = np.mean([e["image"].mean(axis=(0, 1)) for e in examples], axis=0)  # (H, W, C)
+    totals = {}
     for example in examples:
         inputs = {name: jnp.asarray(example[name]) for name in ("image", "audio", "label")}
         outputs = apply(variables, inputs)
