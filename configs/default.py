@@ -2,11 +2,11 @@
 
 Not a run of its own (its model is the full language-perceiver); see mlm_tiny.py for the demo. Every
 `PerceiverConfig` field is under `config.model`, so any of them can be set from the command line
-(`--config.model.num_blocks=2`, `--config.model.mlm_decoder.num_heads=4`).
+(`--config.model.num_blocks=2`, `--config.model.mlm_decoder.num_heads=4`,
+`--config.model.image_size='(32, 48)'`, `--config.model.id2label="{0: 'cat', 1: 'dog'}"`).
 """
 
 import dataclasses
-import types
 import typing
 
 import ml_collections
@@ -15,11 +15,15 @@ from perceiver_jax import PerceiverConfig
 from perceiver_jax.sharding import DEFAULT_RULES
 
 
-def _placeholder(annotation) -> ml_collections.FieldReference:
-    """A None-valued field that the command line can set to a value of the annotation's type."""
-    kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
+def _settable(value, annotation):
+    """`value` as a config field the command line can set to any value of `annotation`: scalars and tuples
+    keep ml_collections' typed parsing (None becomes a typed placeholder); unions of several types
+    (`image_size`: an int or a pair) and mappings (`id2label`) take any Python literal."""
+    kinds = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
     origin = typing.get_origin(kinds[0]) or kinds[0]
-    return ml_collections.config_dict.placeholder({typing.Mapping: dict}.get(origin, origin))
+    if len(kinds) > 1 or origin not in (bool, int, float, str, tuple):
+        return ml_collections.FieldReference(value, field_type=object)
+    return ml_collections.config_dict.placeholder(origin) if value is None else value
 
 
 def _fields(obj) -> ml_collections.ConfigDict:
@@ -27,13 +31,8 @@ def _fields(obj) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     for field in dataclasses.fields(obj):
         value = getattr(obj, field.name)
-        if dataclasses.is_dataclass(value):
-            value = _fields(value)
-        elif value is None:
-            value = _placeholder(hints[field.name])
-        elif isinstance(value, (dict, types.MappingProxyType)):
-            value = dict(value)
-        config[field.name] = value
+        is_group = dataclasses.is_dataclass(value)
+        config[field.name] = _fields(value) if is_group else _settable(value, hints[field.name])
     return config
 
 
