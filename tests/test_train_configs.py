@@ -71,11 +71,8 @@ def _other_value(value, annotation):
     if kind is str:
         return "other"
     if kind is tuple:
-        return (
-            tuple(f"A{i}" for i in range(2))
-            if typing.get_args(kinds[0])[0] is str
-            else (3, 5, 7)[: len(value or (0, 0))]
-        )
+        is_names = typing.get_args(kinds[0])[0] is str  # architectures (None by default)
+        return ("A", "B") if is_names else (3, 5, 7, 9)[: len(value)]
     return {0: "cat", 1: "dog"}  # a mapping
 
 
