@@ -48,7 +48,15 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
     return check
 
 
-def _field(default: Any, doc: str, *, hf: bool = False, head: bool = False, check=None) -> Any:
+def _field(
+    default: Any,
+    doc: str,
+    *,
+    hf: bool = False,
+    head: bool = False,
+    check=None,
+    used_by: tuple[str, ...] | None = None,
+) -> Any:
     """A dataclass field with its documentation and metadata.
 
     Args:
@@ -59,8 +67,10 @@ def _field(default: Any, doc: str, *, hf: bool = False, head: bool = False, chec
         pretrained one may change it.
       check: a function value -> problem (or None) applied after the type check; None values of
         optional fields are not checked.
+      used_by: the HF head classes whose model the field shapes (None: every head).
     """
-    return dataclasses.field(default=default, metadata=dict(doc=doc, hf=hf, head=head, check=check))
+    metadata = dict(doc=doc, hf=hf, head=head, check=check, used_by=used_by)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 # --- Type checks derived from the annotations.
@@ -146,22 +156,15 @@ class DecoderAttention:
         _validate_fields(self)
 
 
-_DECODER_GROUPS = ("mlm_decoder", "classification_decoder", "flow_decoder", "multimodal_decoder")
-_IMAGE_HEADS = (
-    "PerceiverForImageClassificationLearned",
-    "PerceiverForImageClassificationFourier",
-    "PerceiverForImageClassificationConvProcessing",
-)
-# The hard-coded values only some heads build with, by field-name prefix (the others ignore them).
-_HEAD_PREFIXES = {
-    "mlm_": ("PerceiverForMaskedLM",),
-    "classification_": ("PerceiverForSequenceClassification", *_IMAGE_HEADS),
-    "image_learned_": _IMAGE_HEADS[:1],
-    "image_fourier_": _IMAGE_HEADS[1:2],
-    "image_conv_": _IMAGE_HEADS[2:],
-    "flow_": ("PerceiverForOpticalFlow",),
-    "multimodal_": ("PerceiverForMultimodalAutoencoding",),
-}
+# The HF head classes that build with a field HF hard-codes (its `used_by`; the other heads ignore it).
+_MASKED_LM = ("PerceiverForMaskedLM",)
+_IMAGE_LEARNED = ("PerceiverForImageClassificationLearned",)
+_IMAGE_FOURIER = ("PerceiverForImageClassificationFourier",)
+_IMAGE_CONV = ("PerceiverForImageClassificationConvProcessing",)
+_CLASSIFIERS = ("PerceiverForSequenceClassification", *_IMAGE_LEARNED, *_IMAGE_FOURIER, *_IMAGE_CONV)
+_FLOW = ("PerceiverForOpticalFlow",)
+_MULTIMODAL = ("PerceiverForMultimodalAutoencoding",)
+_FOURIER = (*_IMAGE_FOURIER, *_IMAGE_CONV, *_FLOW, *_MULTIMODAL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,115 +278,163 @@ class PerceiverConfig:
     # --- Values HF hard-codes (defaults reproduce HF).
     norm_eps: float = _field(1e-5, "epsilon of every LayerNorm (torch's default)", check=_positive)
     self_attention_use_query_residual: bool = _field(True, "add the latents to each self-attention's output")
-    fourier_concat_pos: bool = _field(True, "Fourier position features start with the raw coordinates")
-    fourier_sine_only: bool = _field(False, "Fourier position features without the cosines")
+    fourier_concat_pos: bool = _field(
+        True, "Fourier position features start with the raw coordinates", used_by=_FOURIER
+    )
+    fourier_sine_only: bool = _field(False, "Fourier position features without the cosines", used_by=_FOURIER)
     mlm_decoder: DecoderAttention = _field(
         DecoderAttention(num_heads=8, qk_channels=8 * 32),
         "the masked-LM decoder (v_channels None: d_model)",
         head=True,
+        used_by=_MASKED_LM,
     )
     mlm_decoder_num_queries: int | None = _field(
         None,
         "output positions of the masked-LM decoder (None: max_position_embeddings)",
         head=True,
         check=_positive,
+        used_by=_MASKED_LM,
     )
     classification_decoder: DecoderAttention = _field(
-        DecoderAttention(use_query_residual=True), "the classification decoder (one learned query)", head=True
+        DecoderAttention(use_query_residual=True),
+        "the classification decoder (one learned query)",
+        head=True,
+        used_by=_CLASSIFIERS,
     )
     image_learned_conv_channels: int = _field(
-        256, "learned-position image head: 1x1 conv channels", check=_positive
+        256, "learned-position image head: 1x1 conv channels", check=_positive, used_by=_IMAGE_LEARNED
     )
-    image_learned_pos_channels: int = _field(256, "learned-position image head: table width", check=_positive)
+    image_learned_pos_channels: int = _field(
+        256, "learned-position image head: table width", check=_positive, used_by=_IMAGE_LEARNED
+    )
     image_learned_project_pos_dim: int = _field(
-        256, "learned-position image head: the table is projected to this width", check=_positive
+        256,
+        "learned-position image head: the table is projected to this width",
+        check=_positive,
+        used_by=_IMAGE_LEARNED,
     )
     image_fourier_num_bands: int = _field(
-        64, "pixel image head: Fourier bands per dimension", check=_positive
+        64, "pixel image head: Fourier bands per dimension", check=_positive, used_by=_IMAGE_FOURIER
     )
     image_fourier_max_resolution: tuple[int, int] = _field(
         (224, 224),
         "pixel image head: resolution of the top frequency (not tied to image_size)",
         check=_positive_dims,
+        used_by=_IMAGE_FOURIER,
     )
-    image_conv_channels: int = _field(64, "conv image head: stem channels", check=_positive)
-    image_conv_kernel_size: int = _field(7, "conv image head: stem kernel size", check=_positive)
-    image_conv_stride: int = _field(2, "conv image head: stem stride", check=_positive)
+    image_conv_channels: int = _field(
+        64, "conv image head: stem channels", check=_positive, used_by=_IMAGE_CONV
+    )
+    image_conv_kernel_size: int = _field(
+        7, "conv image head: stem kernel size", check=_positive, used_by=_IMAGE_CONV
+    )
+    image_conv_stride: int = _field(2, "conv image head: stem stride", check=_positive, used_by=_IMAGE_CONV)
     image_conv_padding: int = _field(
-        3, "conv image head: stem zero padding on every side", check=_non_negative
+        3, "conv image head: stem zero padding on every side", check=_non_negative, used_by=_IMAGE_CONV
     )
-    image_conv_pool_size: int = _field(3, "conv image head: max-pool window (no padding)", check=_positive)
-    image_conv_pool_stride: int = _field(2, "conv image head: max-pool stride", check=_positive)
+    image_conv_pool_size: int = _field(
+        3, "conv image head: max-pool window (no padding)", check=_positive, used_by=_IMAGE_CONV
+    )
+    image_conv_pool_stride: int = _field(
+        2, "conv image head: max-pool stride", check=_positive, used_by=_IMAGE_CONV
+    )
     image_conv_batchnorm_momentum: float = _field(
         0.9,
         "conv image head: weight of the old running statistics (flax convention; torch's 0.1)",
         check=_probability,
+        used_by=_IMAGE_CONV,
     )
-    image_conv_batchnorm_eps: float = _field(1e-5, "conv image head: BatchNorm epsilon", check=_positive)
-    image_conv_num_bands: int = _field(64, "conv image head: Fourier bands", check=_positive)
+    image_conv_batchnorm_eps: float = _field(
+        1e-5, "conv image head: BatchNorm epsilon", check=_positive, used_by=_IMAGE_CONV
+    )
+    image_conv_num_bands: int = _field(
+        64, "conv image head: Fourier bands", check=_positive, used_by=_IMAGE_CONV
+    )
     image_conv_max_resolution: tuple[int, int] = _field(
-        (56, 56), "conv image head: resolution of the top frequency", check=_positive_dims
+        (56, 56),
+        "conv image head: resolution of the top frequency",
+        check=_positive_dims,
+        used_by=_IMAGE_CONV,
     )
     flow_frame_channels: int = _field(
-        27, "optical flow: channels per frame (a 3x3 RGB patch)", check=_positive
+        27, "optical flow: channels per frame (a 3x3 RGB patch)", check=_positive, used_by=_FLOW
     )
-    flow_temporal_downsample: int = _field(2, "optical flow: frames stacked per pixel", check=_positive)
-    flow_patch_channels: int = _field(64, "optical flow: Dense width of the stacked patches", check=_positive)
+    flow_temporal_downsample: int = _field(
+        2, "optical flow: frames stacked per pixel", check=_positive, used_by=_FLOW
+    )
+    flow_patch_channels: int = _field(
+        64, "optical flow: Dense width of the stacked patches", check=_positive, used_by=_FLOW
+    )
     flow_num_bands: int = _field(
-        64, "optical flow: Fourier bands (at max resolution train_size)", check=_positive
+        64, "optical flow: Fourier bands (at max resolution train_size)", check=_positive, used_by=_FLOW
     )
     flow_rescale_factor: float = _field(
-        100.0, "optical flow: the decoder output is divided by it", head=True, check=_positive
+        100.0, "optical flow: the decoder output is divided by it", head=True, check=_positive, used_by=_FLOW
     )
-    flow_decoder: DecoderAttention = _field(DecoderAttention(), "the optical-flow decoder", head=True)
+    flow_decoder: DecoderAttention = _field(
+        DecoderAttention(), "the optical-flow decoder", head=True, used_by=_FLOW
+    )
     multimodal_audio_num_bands: int = _field(
         192,
         "multimodal: Fourier bands of audio positions (at max resolution num_frames x samples)",
         check=_positive,
+        used_by=_MULTIMODAL,
     )
     multimodal_image_num_bands: int = _field(
-        32, "multimodal: Fourier bands of video positions (at max resolution (T, H, W))", check=_positive
+        32,
+        "multimodal: Fourier bands of video positions (at max resolution (T, H, W))",
+        check=_positive,
+        used_by=_MULTIMODAL,
     )
-    multimodal_image_channels: int = _field(3, "multimodal: channels of the input video", check=_positive)
+    multimodal_image_channels: int = _field(
+        3, "multimodal: channels of the input video", check=_positive, used_by=_MULTIMODAL
+    )
     multimodal_spatial_downsample: int = _field(
-        4, "multimodal: video patch side (space-to-depth)", check=_positive
+        4, "multimodal: video patch side (space-to-depth)", check=_positive, used_by=_MULTIMODAL
     )
     multimodal_temporal_downsample: int = _field(
-        1, "multimodal: video patch length in frames", check=_positive
+        1, "multimodal: video patch length in frames", check=_positive, used_by=_MULTIMODAL
     )
     multimodal_image_output_channels: int = _field(
-        3, "multimodal: channels decoded per output pixel", head=True, check=_positive
+        3, "multimodal: channels decoded per output pixel", head=True, check=_positive, used_by=_MULTIMODAL
     )
     multimodal_input_padding: int = _field(
-        4, "multimodal: input tokens are padded to the widest modality + this", check=_non_negative
+        4,
+        "multimodal: input tokens are padded to the widest modality + this",
+        check=_non_negative,
+        used_by=_MULTIMODAL,
     )
     multimodal_query_padding: int = _field(
         2,
         "multimodal: decoder queries are padded to the widest modality + this",
         head=True,
         check=_non_negative,
+        used_by=_MULTIMODAL,
     )
     multimodal_audio_mask_prob: float = _field(
-        0.0, "multimodal: probability of masking an audio token", check=_probability
+        0.0, "multimodal: probability of masking an audio token", check=_probability, used_by=_MULTIMODAL
     )
     multimodal_image_mask_prob: float = _field(
-        0.0, "multimodal: probability of masking a video token", check=_probability
+        0.0, "multimodal: probability of masking a video token", check=_probability, used_by=_MULTIMODAL
     )
     multimodal_label_mask_prob: float = _field(
         1.0,
         "multimodal: probability of masking the label token (1: the label input has no effect)",
         check=_probability,
+        used_by=_MULTIMODAL,
     )
     multimodal_decoder: DecoderAttention = _field(
         DecoderAttention(),
         "the shared multimodal decoder (qk width per cross_attention_shape_for_attention)",
         head=True,
+        used_by=_MULTIMODAL,
     )
 
     def __post_init__(self):
+        hints = _type_hints(type(self))
         for f in dataclasses.fields(self):
             value = _as_tuple(getattr(self, f.name))
-            if f.name in _DECODER_GROUPS and isinstance(value, Mapping):
+            if hints[f.name] is DecoderAttention and isinstance(value, Mapping):
                 try:
                     value = DecoderAttention(**value)
                 except (TypeError, ValueError) as e:
@@ -511,7 +562,7 @@ class PerceiverConfig:
     @classmethod
     def used_by(cls, name: str, architecture: str) -> bool:
         """Whether field `name` shapes the model of HF head class `architecture`."""
-        heads = next((h for prefix, h in _HEAD_PREFIXES.items() if name.startswith(prefix)), None)
+        heads = cls.__dataclass_fields__[name].metadata["used_by"]
         return heads is None or architecture in heads
 
     def to_hf_dict(self, architecture: str | None = None) -> dict[str, Any]:

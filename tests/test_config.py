@@ -6,6 +6,7 @@ import json
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -13,7 +14,7 @@ import transformers
 
 from helpers import tiny_dims
 
-from perceiver_jax import PerceiverConfig
+from perceiver_jax import HEADS, PerceiverConfig
 
 # The model-specific fields of HF's PerceiverConfig (keyword-only arguments of its constructor).
 HF_FIELDS = [
@@ -259,11 +260,10 @@ NEW_FIELDS = {
 
 def _run(config, name, train):
     """(outputs, updated batch stats) of head `name` at O(1)-ish random weights on fixed inputs."""
-    from perceiver_jax import HEADS
-
     model = HEADS[name](config)
     inputs = model.example_inputs(2)["inputs"]
-    inputs = jax.random.normal(jax.random.key(1), inputs.shape)
+    if jnp.issubdtype(inputs.dtype, jnp.floating):
+        inputs = jax.random.normal(jax.random.key(1), inputs.shape)
     variables = jax.jit(model.init)(jax.random.key(0), inputs)
     if train:
         return model.apply(variables, inputs, deterministic=False, mutable=["batch_stats"])
@@ -285,7 +285,26 @@ def test_new_fields_change_the_model_and_hf_cannot_express_them(field):
     assert differs, field
     with pytest.raises(ValueError, match=field):
         changed.to_hf_dict()
+    with pytest.raises(ValueError, match=field):
+        changed.to_hf_dict(head)
     assert PerceiverConfig.from_dict(changed.to_dict()) == changed
+
+
+@pytest.mark.parametrize("field", sorted(NEW_FIELDS))
+def test_a_field_only_some_heads_use_leaves_the_others_and_their_hf_config_alone(field):
+    """`used_by` metadata is exact: a head outside it builds the same model and HF can express it."""
+    unused = [name for name in HEADS if not PerceiverConfig.used_by(field, name)]
+    if field == "self_attention_use_query_residual":
+        assert not unused  # the encoder's: every head
+        return
+    assert NEW_FIELDS[field][1] not in unused and "PerceiverForMaskedLM" in unused
+    base = PerceiverConfig(**TINY)
+    changed = base.replace(**{field: NEW_FIELDS[field][0]})
+    np.testing.assert_array_equal(
+        _run(base, "PerceiverForMaskedLM", False)[0], _run(changed, "PerceiverForMaskedLM", False)[0]
+    )
+    for name in unused:
+        assert changed.to_hf_dict(name) == base.to_hf_dict(name)
 
 
 def test_fields_are_documented_and_split_from_metadata():
