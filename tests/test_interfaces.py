@@ -176,3 +176,14 @@ def test_every_head_takes_the_same_call(name):
         np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=1e-6)
     with pytest.raises(TypeError):
         model.apply(variables, kwargs.pop("inputs"), None, **kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_preprocessor_reports_its_width(name):
+    """`num_channels()` of each head's preprocessor is the width of the tokens it returns (the flow
+    decoder and the multimodal padding are sized from it)."""
+    model = model_of(name)
+    inputs = model.example_inputs(2)["inputs"]
+    preprocessor = model.bind(o1_variables(model, 0, **model.example_inputs())).perceiver.input_preprocessor
+    tokens, _, _ = preprocessor(inputs)
+    assert tokens.shape[-1] == preprocessor.num_channels()
