@@ -217,6 +217,15 @@ def peak_rss_mib() -> float:
     raise OSError("no VmHWM in /proc/self/status")
 
 
+def set_prng_impl(name: str | None) -> None:
+    """Makes `name` (e.g. 'rbg'; None: leave JAX's default) the PRNG of every key made from now on, the
+    trainer's dropout keys included."""
+    if name:
+        import jax
+
+        jax.config.update("jax_default_prng_impl", name)
+
+
 def lower_and_compile(fn, *args) -> tuple[Any, float, float]:
     """`fn.lower(*args).compile()` (a jitted `fn`): the compiled program, lower seconds, compile seconds."""
     start = time.perf_counter()

@@ -182,8 +182,7 @@ def _worker(argv: Sequence[str]) -> None:
     args = parser.parse_args(argv)
     import jax
 
-    if args.prng_impl:
-        jax.config.update("jax_default_prng_impl", args.prng_impl)
+    common.set_prng_impl(args.prng_impl)
     overrides = workloads.TINY_LANGUAGE if args.tiny else workloads.LANGUAGE_PERCEIVER
     run = workloads.trainer_run(overrides, args.batch, args.seq_len, remat=args.remat)
     state, batch = run.init(jax.random.key(0)), workloads.trainer_batch(run)

@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.plain:
         common.reexec_with_tuned_env("benchmarks.profile", sys.argv[1:] if argv is None else argv)
     common.configure_threads(args.threads, tuned=not args.plain)
+    common.set_prng_impl(args.prng_impl)
     overrides = workloads.TINY_LANGUAGE if args.tiny else workloads.LANGUAGE_PERCEIVER
     seq_len = 64 if args.tiny else 2048
     pair = workloads.build_pair("PerceiverForMaskedLM", overrides)
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.workload == "forward":
             run, info = workloads.jax_forward(jax_pair, batch)
         else:
-            run, info = workloads.jax_train_step(jax_pair, batch, prng_impl=args.prng_impl)
+            run, info = workloads.jax_train_step(jax_pair, batch)
         run()
         print(f"## perceiver-jax {args.workload}, batch {args.batch}, {args.precision}\n")
         print(jax_report(jax_op_profile(run, info["compiled"].as_text()), args.top), flush=True)

@@ -88,14 +88,14 @@ def _forward_rows(name, pair, batch, batch_size, gflop, repeats) -> list[dict]:
     return rows
 
 
-def _train_rows(name, pair, batch, batch_size, gflop, repeats, prng_impl) -> list[dict]:
+def _train_rows(name, pair, batch, batch_size, gflop, repeats) -> list[dict]:
     """Training-step rows in float32 and in bfloat16 compute (float32 parameters and AdamW state in both
-    frameworks; HF under torch's bf16 autocast)."""
+    frameworks; HF under torch's bf16 autocast; perceiver-jax's is the trainer's own step)."""
     rows = []
     for precision in PRECISIONS:
         torch_fn = workloads.torch_train_step(pair, batch, autocast=precision == "bfloat16")
         jax_pair = workloads.with_compute_dtype(pair, precision)
-        jax_fn, info = workloads.jax_train_step(jax_pair, batch, prng_impl=prng_impl)
+        jax_fn, info = workloads.jax_train_step(jax_pair, batch)
         rows.append(_measure(name, batch_size, gflop, torch_fn, jax_fn, info, repeats, precision))
         del torch_fn, jax_fn, info  # one training state at a time
         gc.collect()
@@ -123,7 +123,7 @@ def speed(args) -> list[dict]:
     batch = workloads.text_batch(config.vocab_size, args.train_batch, seq_len)
     gflop = flops.model_flops(LANGUAGE_HEAD, config, args.train_batch, training=True, seq_len=seq_len) / 1e9
     repeats = max(3, args.repeats - 2)
-    rows += _train_rows(f"{label} train step", pair, batch, args.train_batch, gflop, repeats, args.prng_impl)
+    rows += _train_rows(f"{label} train step", pair, batch, args.train_batch, gflop, repeats)
     del pair
     gc.collect()
 
@@ -305,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         common.reexec_with_tuned_env("benchmarks.run", argv)
 
     threads = common.configure_threads(args.threads, tuned=not args.plain, tiny=args.tiny)
+    common.set_prng_impl(args.prng_impl)
     started = time.time()
     info = common.machine_info()
     results: dict[str, Any] = {"machine": info, "command": " ".join(["python -m benchmarks.run", *argv])}

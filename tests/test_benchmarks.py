@@ -237,3 +237,15 @@ def test_benchmarks_time_the_trainers_own_step():
     assert run.step.config.clip_grad_norm == 1.0 and run.step.config.optimizer == "adamw"  # the trainer's
     state, sums, _ = run.train_step(run.init(jax.random.key(0)), workloads.trainer_batch(run))
     assert int(state.step) == 1 and float(sums["weight"]) == 2 * 64 and np.isfinite(float(sums["loss"]))
+
+
+def test_the_hf_comparison_times_the_trainers_step_doing_torchs_work():
+    """At the same weights and batch (no dropout), the trainer's step that the speed table times has HF's
+    loss, and it trains (the loss falls at a second step)."""
+    pair = workloads.build_pair("PerceiverForMaskedLM", workloads.TINY_LANGUAGE)
+    batch = workloads.text_batch(pair.model.config.vocab_size, 2, 64)
+    jax_step, _ = workloads.jax_train_step(pair, batch)
+    torch_step = workloads.torch_train_step(pair, batch)
+    first, reference = float(jax_step()), float(torch_step())
+    np.testing.assert_allclose(first, reference, rtol=1e-5)
+    assert float(jax_step()) < first
