@@ -1,5 +1,6 @@
-"""perceiver-jax compile time vs depth, training-step memory with and without rematerialisation, and
-the memory of decoding many queries with and without chunking. JAX only (nothing here runs HF).
+"""perceiver-jax compile time vs depth and per head, training-step memory with and without
+rematerialisation, and the memory of decoding many queries with and without chunking. JAX only (nothing
+here runs HF).
 
 Memory is reported two ways: XLA's own accounting of the compiled program (`memory_analysis()`: bytes of
 arguments, outputs and temporaries), and the peak resident memory (VmHWM) during the step of a fresh
@@ -60,6 +61,49 @@ def compile_times(
             flush=True,
         )
         rows.append(row)
+    return rows
+
+
+def full_size_inputs(head: str, config, batch_size: int) -> dict[str, Any]:
+    """Abstract keyword inputs of `head` at its config's full size: `max_position_embeddings` tokens for
+    the text heads, whole clips for the multimodal head (every output point decoded), the
+    `example_inputs` (already full size) of the image and flow heads."""
+    import jax
+    import jax.numpy as jnp
+
+    from perceiver_jax import HEADS
+
+    if head in ("PerceiverForMaskedLM", "PerceiverForSequenceClassification"):
+        inputs = jnp.zeros((batch_size, config.max_position_embeddings), jnp.int32)
+    elif head == "PerceiverForMultimodalAutoencoding":
+        samples = config.num_frames * config.audio_samples_per_frame
+        video = (batch_size, config.num_frames, *config.image_hw, config.multimodal_image_channels)
+        inputs = dict(
+            image=jnp.zeros(video), audio=jnp.zeros((batch_size, samples, 1)),
+            label=jnp.zeros((batch_size, config.num_labels)),
+        )  # fmt: skip
+    else:
+        inputs = HEADS[head](config).example_inputs(batch_size)["inputs"]
+    return {"inputs": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), inputs)}
+
+
+def head_compile_times(models: dict[str, tuple[str, dict[str, Any]]], batch_size: int = 1) -> list[dict]:
+    """Lower and compile seconds of the jitted inference forward of each model at `full_size_inputs`:
+    `models` maps a label to (head class, `PerceiverConfig` fields)."""
+    import jax
+
+    from perceiver_jax import HEADS, PerceiverConfig
+
+    rows = []
+    for label, (head, overrides) in models.items():
+        config = PerceiverConfig(**overrides)
+        model = HEADS[head](config)
+        variables = jax.eval_shape(model.init, jax.random.key(0), **model.example_inputs())
+        forward = jax.jit(lambda v, kwargs, model=model: model.apply(v, **kwargs))
+        inputs = full_size_inputs(head, config, batch_size)
+        _, lower_s, compile_s = common.lower_and_compile(forward, variables, inputs)
+        rows.append(dict(model=label, head=head, lower_s=lower_s, compile_s=compile_s))
+        print(f"  compile {label}: lower {lower_s:.1f} s, compile {compile_s:.1f} s", flush=True)
     return rows
 
 

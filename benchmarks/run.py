@@ -12,7 +12,8 @@ this process may use), on identical weights and inputs:
    best float32 and bfloat16 matmuls measured here at the start and at the end of the run. After timing,
    one more run of each is profiled for the time spent in matrix multiplications, which bounds the
    speed-up any non-matmul optimisation could reach.
-2. compile time of the jitted forward and training step vs depth (2, 8, 26 self-attention layers).
+2. compile time of the jitted forward and training step vs depth (2, 8, 26 self-attention layers), and of
+   every published head's inference forward at full size.
 3. training-step memory with and without activation rematerialisation.
 4. memory of decoding the optical-flow head's 182,528 queries, chunked vs all at once.
 
@@ -32,6 +33,7 @@ import time
 from typing import Any
 
 from benchmarks import common, flops, profile, workloads
+from perceiver_jax.official import ARCHITECTURES, HEAD_CLASSES
 
 LANGUAGE_HEAD = "PerceiverForMaskedLM"
 VISION_HEAD = "PerceiverForImageClassificationFourier"
@@ -210,6 +212,27 @@ def compile_section(args) -> list[dict]:
     return compile_memory.compile_times(lang, depths, 1, seq_len)
 
 
+def heads_section(args) -> list[dict]:
+    """Compile time of each published checkpoint's head (inference forward, batch 1, full-size inputs)."""
+    from benchmarks import compile_memory
+
+    if args.tiny:
+        models = {
+            "language (tiny)": (LANGUAGE_HEAD, workloads.TINY_LANGUAGE),
+            "vision-fourier (tiny)": (VISION_HEAD, workloads.TINY_VISION_FOURIER),
+        }
+    else:
+        models = {name.split("/")[1]: (HEAD_CLASSES[name], ARCHITECTURES[name]) for name in ARCHITECTURES}
+    return compile_memory.head_compile_times(models)
+
+
+def heads_table(rows: list[dict]) -> str:
+    """Markdown table of the heads' compile times."""
+    return common.columns_table(rows, [
+        ("checkpoint", "model"), ("head", "head"), ("lower s", "lower_s"), ("compile s", "compile_s"),
+    ])  # fmt: skip
+
+
 def compile_table(rows: list[dict]) -> str:
     """Markdown table of compile times, with the ratio to the shallowest model."""
     base = rows[0]
@@ -287,8 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prng-impl", default=None, help="JAX PRNG of the dropout masks (default: jax's)")
     parser.add_argument(
         "--sections",
-        default="speed,compile,memory,decode",
-        help="comma-separated subset of speed,compile,memory,decode",
+        default="speed,compile,heads,memory,decode",
+        help="comma-separated subset of speed,compile,heads,memory,decode",
     )
     parser.add_argument("--plain", action="store_true", help="without the tuned settings (see above)")
     parser.add_argument("--output", help="also write the markdown report to this file")
@@ -298,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         args.repeats, args.forward_batch, args.train_batch = min(args.repeats, 3), 2, 2
     sections = set(args.sections.split(","))
-    unknown = sections - {"speed", "compile", "memory", "decode"}
+    unknown = sections - {"speed", "compile", "heads", "memory", "decode"}
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}")
     if not args.plain:
@@ -358,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     extra_sections = {
         "compile": (compile_section, compile_table,
                     "Compile time vs depth (language-perceiver widths, batch 1)"),
+        "heads": (heads_section, heads_table,
+                  "Compile time of every head (inference forward at full size, batch 1)"),
         "memory": (memory_section, memory_table,
                    f"Training-step memory vs remat (batch {args.train_batch}, fresh process each)"),
         "decode": (decode_section, decode_table, "Optical-flow decoding memory (one frame pair, inference)"),

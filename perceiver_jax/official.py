@@ -1,5 +1,6 @@
 """The architectures of DeepMind's published Perceiver IO checkpoints (the Hugging Face hub ids), as keyword
-arguments that `PerceiverConfig` and `transformers.PerceiverConfig` both take, and their parameter counts.
+arguments that `PerceiverConfig` and `transformers.PerceiverConfig` both take, their head classes and their
+parameter counts.
 
     config = PerceiverConfig(**official.ARCHITECTURES["deepmind/vision-perceiver-conv"])
 
@@ -31,6 +32,16 @@ ARCHITECTURES: dict[str, dict] = {
         output_num_channels=512,
     ),
 }  # fmt: skip
+
+# The head class (HF's and ours) of each checkpoint.
+HEAD_CLASSES: dict[str, str] = {
+    "deepmind/language-perceiver": "PerceiverForMaskedLM",
+    "deepmind/vision-perceiver-learned": "PerceiverForImageClassificationLearned",
+    "deepmind/vision-perceiver-fourier": "PerceiverForImageClassificationFourier",
+    "deepmind/vision-perceiver-conv": "PerceiverForImageClassificationConvProcessing",
+    "deepmind/optical-flow-perceiver": "PerceiverForOpticalFlow",
+    "deepmind/multimodal-perceiver": "PerceiverForMultimodalAutoencoding",
+}
 
 # Parameters of each checkpoint (HF's model and ours count the same).
 NUM_PARAMETERS: dict[str, int] = {

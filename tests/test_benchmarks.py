@@ -20,6 +20,7 @@ from helpers import tiny_dims
 
 from benchmarks import flops, gpu, scaling, workloads
 from perceiver_jax import PerceiverConfig
+from perceiver_jax.official import ARCHITECTURES, HEAD_CLASSES
 from train import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,7 +102,7 @@ def test_cudnn_precondition_names_the_head_widths():
 # The smoke runs, started together since XLA compiles on one core: the CPU script's sections in two runs.
 SMOKE_RUNS = {
     "speed": ["benchmarks.run", "--tiny", "--sections", "speed,decode"],
-    "compile": ["benchmarks.run", "--tiny", "--sections", "compile,memory"],
+    "compile": ["benchmarks.run", "--tiny", "--sections", "compile,heads,memory"],
     "gpu": ["benchmarks.gpu", "--tiny"],
 }
 
@@ -135,7 +136,7 @@ def test_cpu_benchmark_tiny_prints_every_table(smoke_runs):
     compile_output, compile_results = smoke_runs["compile"]
     for heading in ("## Speed", "## Optical-flow"):
         assert heading in speed_output
-    for heading in ("## Compile time vs depth", "## Training-step memory"):
+    for heading in ("## Compile time vs depth", "## Compile time of every head", "## Training-step memory"):
         assert heading in compile_output
     for precision in ("float32", "bfloat16"):
         assert f"| language-perceiver (tiny) forward | {precision} | 1 |" in speed_output
@@ -167,6 +168,9 @@ def test_cpu_benchmark_tiny_prints_every_table(smoke_runs):
     assert [r["chunk_size"] for r in decode] == [None, 64]
     assert decode[1]["decoder_temp_mib"] < decode[0]["decoder_temp_mib"]  # chunks bound the decoder's memory
     assert [r["layers"] for r in compile_results["compile"]] == [1, 2]
+    heads = compile_results["heads"]
+    assert [r["head"] for r in heads] == ["PerceiverForMaskedLM", "PerceiverForImageClassificationFourier"]
+    assert all(r["compile_s"] > 0 for r in heads)
     memory = {r["remat"]: r for r in compile_results["memory"]}
     assert set(memory) == {"none", "full"}
     assert memory["full"]["temp_mib"] < memory["none"]["temp_mib"]
@@ -249,3 +253,21 @@ def test_the_hf_comparison_times_the_trainers_step_doing_torchs_work():
     first, reference = float(jax_step()), float(torch_step())
     np.testing.assert_allclose(first, reference, rtol=1e-5)
     assert float(jax_step()) < first
+
+
+def test_every_head_compiles_at_full_size_inputs():
+    """The heads benchmark's inputs are each head's full size (a whole text window, a whole clip)."""
+    from benchmarks import compile_memory
+
+    for name, head in HEAD_CLASSES.items():
+        config = PerceiverConfig(**ARCHITECTURES[name])
+        inputs = jax.tree.leaves(compile_memory.full_size_inputs(head, config, 2))
+        assert all(x.shape[0] == 2 for x in inputs)
+        if head == "PerceiverForMaskedLM":
+            assert inputs[0].shape == (2, 2048)
+        elif head == "PerceiverForMultimodalAutoencoding":  # audio, image, label
+            assert [x.shape for x in inputs] == [(2, 30720, 1), (2, 16, 224, 224, 3), (2, 700)]
+        elif head == "PerceiverForOpticalFlow":
+            assert inputs[0].shape == (2, 2, 368, 496, 27)
+        else:
+            assert inputs[0].shape == (2, 224, 224, 3)
