@@ -40,7 +40,7 @@ import numpy as np
 
 from perceiver_jax.config import PerceiverConfig
 from perceiver_jax.decoders import BasicDecoder, Decoder, Outputs
-from perceiver_jax.position_encoding import PositionEncoding, linear_positions
+from perceiver_jax.position_encoding import PositionEncoding
 from perceiver_jax.postprocessors import Postprocessor, ProjectionPostprocessor
 from perceiver_jax.preprocessors import Preprocessor, no_interpolation
 from perceiver_jax.settings import Settings
@@ -153,17 +153,12 @@ class AudioPreprocessor(Preprocessor, kw_only=True):
         num_tokens = num_samples // self.samples_per_patch
         patches = inputs.reshape(batch_size, num_tokens, self.samples_per_patch).astype(self.settings.dtype)
         patches = constrain(patches, BATCH, LENGTH, ACT_EMBED)
-        encoding = self.position_embeddings
-        if (num_tokens,) == tuple(encoding.index_dims):
-            pos = encoding(batch_size)
-        else:
-            pos = encoding(batch_size, pos=linear_positions((num_tokens,)).reshape(1, -1, 1))
-        if pos.shape[1] != num_tokens:
+        try:
+            pos = self.position_embeddings.for_grid(batch_size, (num_tokens,))
+        except ValueError as e:
             raise ValueError(
-                f"the audio gives {num_tokens} tokens of {self.samples_per_patch} samples but the position "
-                f"encoding has {pos.shape[1]} positions (a learned table of {tuple(encoding.index_dims)}): "
-                "pass audio of the length the table was built for, or build the table for this length."
-            )
+                f"the audio gives {num_tokens} tokens of {self.samples_per_patch} samples: {e}"
+            ) from e
         pos = pos.astype(patches.dtype)
         if self.concat_or_add_pos == "concat":
             return jnp.concatenate([patches, pos], axis=-1), None, patches

@@ -3,7 +3,9 @@
 Every encoding is built for a grid (`index_dims`) and called as `encoding(batch_size, *, pos=None)`,
 returning `(batch_size, N, C)` features for the N = prod(index_dims) grid points, or for the positions
 `pos` `(batch_size, N', d)` in [-1, 1] when given (DeepMind's `position_encoding.py` interface). A learned
-table does not depend on positions and ignores `pos`.
+table does not depend on positions and ignores `pos`. `encoding.for_grid(batch_size, index_dims, *,
+interpolate=False)` gives the features of another grid: an encoding of positions evaluates that grid's
+coordinates, a learned table is resized (HF's `interpolate_pos_encoding`) or refuses.
 
 Index grids are static, so Fourier features of a grid are computed once on the host in numpy with
 torch's exact float32 arithmetic (see `torch_linspace`) and enter the graph as constants.
@@ -20,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from perceiver_jax.attention import dense
+from perceiver_jax.image_processing import interpolate_position_table
 from perceiver_jax.settings import Settings
 from perceiver_jax.sharding import ACT_EMBED, BATCH, EMBED, LENGTH, POSITIONS, constrain, partitioned
 
@@ -93,13 +96,20 @@ class PositionEncoding(nn.Module):
         """`(batch_size, N, C)` features of the grid, or of `pos` `(batch_size, N', d)`."""
         raise NotImplementedError
 
+    def for_grid(self, batch_size: int, index_dims: Sequence[int], *, interpolate: bool = False) -> jax.Array:
+        """`(batch_size, prod(index_dims), C)` features of the grid `index_dims` (its coordinates
+        `linear_positions`); `interpolate` only matters to learned tables (HF ignores it for the others)."""
+        index_dims = tuple(index_dims)
+        if index_dims == tuple(self.index_dims):
+            return self(batch_size)
+        return self(batch_size, pos=linear_positions(index_dims).reshape(1, -1, len(index_dims)))
+
 
 class TrainablePositionEncoding(PositionEncoding, kw_only=True):
     """A learned `(prod(index_dims), num_channels)` table, parameter `position_embeddings`.
 
-    The table is the same for any positions, so `pos` is ignored (as in DeepMind's code); resizing it to
-    another grid is `perceiver_jax.image_processing.interpolate_position_table` (HF's
-    `interpolate_pos_encoding`), which `ImagePreprocessor` applies when asked.
+    The table is the same for any positions, so `pos` is ignored (as in DeepMind's code); `for_grid` resizes
+    it to another 2-D grid (HF's `interpolate_pos_encoding`) when asked.
 
     Attributes:
       index_dims: the grid; N = prod(index_dims) rows.
@@ -116,16 +126,38 @@ class TrainablePositionEncoding(PositionEncoding, kw_only=True):
         """C."""
         return self.num_channels
 
-    @nn.compact
-    def __call__(self, batch_size: int, *, pos: jax.Array | np.ndarray | None = None) -> jax.Array:
-        """The table broadcast to `(batch_size, N, C)`."""
-        del pos  # a learned table does not depend on positions
-        table = self.param(
+    def setup(self):
+        self.position_embeddings = self.param(
             "position_embeddings",
             partitioned(jax.nn.initializers.normal(self.init_std), POSITIONS, EMBED),
             (math.prod(self.index_dims), self.num_channels),
             self.settings.param_dtype,
         )
+
+    def __call__(self, batch_size: int, *, pos: jax.Array | np.ndarray | None = None) -> jax.Array:
+        """The table broadcast to `(batch_size, N, C)`."""
+        del pos  # a learned table does not depend on positions
+        return _batched(self.position_embeddings, batch_size, self.settings.dtype)
+
+    def for_grid(self, batch_size: int, index_dims: Sequence[int], *, interpolate: bool = False) -> jax.Array:
+        """With `interpolate`, the table of a square 2-D grid resized to `index_dims` (torch bicubic, as
+        HF's `interpolate_pos_encoding`); otherwise the table, whose rows must be as many as the grid's
+        points (HF's tables are flat: any grid of as many points reads them row-major)."""
+        index_dims = tuple(index_dims)
+        if math.prod(index_dims) == math.prod(self.index_dims) and not interpolate:
+            return self(batch_size)
+        if not interpolate:
+            raise ValueError(
+                f"the grid {index_dims} ({math.prod(index_dims)} positions) is not the learned position "
+                f"table's {tuple(self.index_dims)} ({math.prod(self.index_dims)}): pass "
+                "interpolate_pos_encoding=True to resize a 2-D table (torch bicubic, as HF), or inputs of "
+                "the size the table was built for."
+            )
+        if len(index_dims) != 2:
+            raise ValueError(
+                f"interpolate_pos_encoding resizes a 2-D table; the inputs give a grid {index_dims}."
+            )
+        table = interpolate_position_table(self.position_embeddings, index_dims)
         return _batched(table, batch_size, self.settings.dtype)
 
 
@@ -232,5 +264,12 @@ class PositionEncodingProjector(PositionEncoding, kw_only=True):
 
     def __call__(self, batch_size: int, *, pos: jax.Array | np.ndarray | None = None) -> jax.Array:
         """The wrapped encoding's features `(B, N, C_in)` projected to `(B, N, output_channels)`."""
-        features = self.positions_projection(self.encoding(batch_size, pos=pos))
-        return constrain(features, BATCH, LENGTH, ACT_EMBED)
+        return self._project(self.encoding(batch_size, pos=pos))
+
+    def for_grid(self, batch_size: int, index_dims: Sequence[int], *, interpolate: bool = False) -> jax.Array:
+        """The wrapped encoding's features of the grid `index_dims`, projected (a learned table is resized
+        before the projection, as in HF)."""
+        return self._project(self.encoding.for_grid(batch_size, index_dims, interpolate=interpolate))
+
+    def _project(self, features: jax.Array) -> jax.Array:
+        return constrain(self.positions_projection(features), BATCH, LENGTH, ACT_EMBED)

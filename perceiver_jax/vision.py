@@ -14,8 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from perceiver_jax.attention import dense
-from perceiver_jax.image_processing import interpolate_position_table
-from perceiver_jax.position_encoding import PositionEncoding, linear_positions
+from perceiver_jax.position_encoding import PositionEncoding
 from perceiver_jax.preprocessors import Preprocessor
 from perceiver_jax.settings import Settings
 from perceiver_jax.sharding import (
@@ -300,7 +299,8 @@ class ImagePreprocessor(Preprocessor, kw_only=True):
 
         Args:
           inputs: the images or videos ('conv' and 'conv1x1' take images only).
-          interpolate_pos_encoding: resize a learned square position table to the featurised grid.
+          interpolate_pos_encoding: resize a learned square position table to the featurised grid (Fourier
+            features exist for any grid: it changes nothing for them, as in HF).
           deterministic: False: the 'conv' stem's batch norm uses and updates batch statistics (apply with
             `mutable=['batch_stats']`).
 
@@ -313,27 +313,7 @@ class ImagePreprocessor(Preprocessor, kw_only=True):
         features = constrain(
             features.reshape(batch_size, math.prod(grid), features.shape[-1]), BATCH, LENGTH, ACT_EMBED
         )
-        encoding = self.position_embeddings
-        if interpolate_pos_encoding:
-            if len(grid) != 2:
-                raise ValueError(
-                    f"interpolate_pos_encoding resizes a 2-D table; the inputs give a grid {grid}."
-                )
-            table = interpolate_position_table(encoding(1)[0], grid)
-            pos = constrain(
-                jnp.broadcast_to(table[None], (batch_size,) + table.shape), BATCH, LENGTH, ACT_EMBED
-            )
-        elif grid == tuple(encoding.index_dims):
-            pos = encoding(batch_size)
-        else:
-            pos = encoding(batch_size, pos=linear_positions(grid).reshape(1, -1, len(grid)))
-        if pos.shape[1] != features.shape[1]:
-            raise ValueError(
-                f"the inputs give a {'x'.join(map(str, grid))} grid of {features.shape[1]} positions but the "
-                f"position encoding has {pos.shape[1]} (grid {tuple(encoding.index_dims)}): pass "
-                "interpolate_pos_encoding=True to resize a learned table (torch bicubic, as HF), or "
-                "resize the images to the size the table was trained for."
-            )
+        pos = self.position_embeddings.for_grid(batch_size, grid, interpolate=interpolate_pos_encoding)
         pos = pos.astype(features.dtype)
         if self.concat_or_add_pos == "concat":
             return jnp.concatenate([features, pos], axis=-1), None, features

@@ -348,3 +348,27 @@ def test_cudnn_attention_falls_back_to_xla_where_it_does_not_apply():
     np.testing.assert_array_equal(outputs["xla"], outputs["cudnn"])
     q = jnp.zeros((1, 4, 2, 64), jnp.bfloat16)
     assert not cudnn_applies(q, q, q)  # no GPU here
+
+
+def test_a_learned_table_of_another_grid_refuses_or_is_resized():
+    """`for_grid`: a table serves any grid of as many points, is resized (2-D) when asked, refuses
+    otherwise with the grids named; Fourier features of another grid are that grid's coordinates."""
+    from perceiver_jax.position_encoding import (
+        FourierPositionEncoding,
+        TrainablePositionEncoding,
+        linear_positions,
+    )
+
+    table = TrainablePositionEncoding(index_dims=(4, 4), num_channels=3)
+    variables = table.init(jax.random.key(0), 1)
+    assert table.apply(variables, 2, (16,), method="for_grid").shape == (2, 16, 3)
+    assert table.apply(variables, 2, (6, 5), interpolate=True, method="for_grid").shape == (2, 30, 3)
+    with pytest.raises(ValueError, match=r"grid \(6, 5\) \(30 positions\) is not .* table's \(4, 4\)"):
+        table.apply(variables, 2, (6, 5), method="for_grid")
+    with pytest.raises(ValueError, match="resizes a 2-D table"):
+        table.apply(variables, 2, (2, 2, 4), interpolate=True, method="for_grid")
+    fourier = FourierPositionEncoding(index_dims=(4, 4), num_bands=3, max_resolution=(8, 8))
+    for interpolate in (False, True):
+        features = fourier.apply({}, 2, (6, 5), interpolate=interpolate, method="for_grid")
+        expected = fourier.apply({}, 2, pos=linear_positions((6, 5)).reshape(1, 30, 2))
+        np.testing.assert_array_equal(features, expected)

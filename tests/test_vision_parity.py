@@ -141,9 +141,14 @@ def test_parity_cli(name, small_hf, capsys):
     assert "parity OK" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("image_shape", [(2, 12, 10, 3), (2, 5, 6, 3)])
-def test_learned_interpolate_pos_encoding(image_shape, small_hf):
-    folder, hf_model = small_hf(LEARNED)
+@pytest.mark.parametrize(
+    "name, image_shape",
+    [(LEARNED, (2, 12, 10, 3)), (LEARNED, (2, 5, 6, 3)), (FOURIER, (2, 8, 14, 3)), (CONV, (2, 24, 40, 3))],
+)
+def test_interpolate_pos_encoding(name, image_shape, small_hf):
+    """A learned table is resized as HF does; Fourier features, computed for any grid, ignore the flag as
+    HF does (they are not a table to resize)."""
+    folder, hf_model = small_hf(name)
     model, variables = from_pretrained(folder)
     x = _random_inputs(image_shape, seed=2)
     ref = _torch_logits(hf_model, x, interpolate_pos_encoding=True)
@@ -385,6 +390,6 @@ def test_audio_preprocessor_matches_hf(case):
 def test_audio_of_another_length_than_a_learned_table_says_so():
     ours = AudioPreprocessor(samples_per_patch=4, position_embeddings=_trainable(8, 6)[1])
     variables = ours.init(jax.random.key(0), jnp.zeros((1, 32, 1)))
-    message = r"the audio gives 6 tokens of 4 samples but the position encoding has 8 positions"
+    message = r"the audio gives 6 tokens of 4 samples: the grid \(6,\) .* table's \(8,\)"
     with pytest.raises(ValueError, match=message):
         ours.apply(variables, jnp.zeros((1, 24, 1)))
