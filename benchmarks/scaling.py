@@ -61,8 +61,17 @@ def compile_one(config: str, topology: str, batch: int, setting: dict[str, objec
         if os.path.exists(out):
             with open(out) as f:
                 return json.load(f)
-    lines = [line for line in result.stdout.splitlines() if line.strip()]
-    return {"error": lines[-1] if lines else result.stderr.strip().splitlines()[-1]}
+    return {"error": failure(result.stdout, result.stderr)}
+
+
+def failure(stdout: str, stderr: str) -> str:
+    """What went wrong in a `train.aot` run that wrote no report: a crash of the compiler process
+    (Python's fatal-error report names the signal), else its last line of output."""
+    crash = [line for line in stderr.splitlines() if line.startswith("Fatal Python error:")]
+    if crash:
+        return f"the compiler crashed ({crash[0].removeprefix('Fatal Python error:').strip()})"
+    lines = [line for line in stdout.splitlines() if line.strip()] or stderr.strip().splitlines() or ["?"]
+    return lines[-1]
 
 
 def run(output: str, timeout: int, slices: list[str] | None = None, models: list[str] | None = None) -> None:

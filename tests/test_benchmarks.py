@@ -271,3 +271,11 @@ def test_every_head_compiles_at_full_size_inputs():
             assert inputs[0].shape == (2, 2, 368, 496, 27)
         else:
             assert inputs[0].shape == (2, 224, 224, 3)
+
+
+def test_scaling_names_a_compiler_crash_and_otherwise_the_last_line():
+    stderr = "I1202 backend\nFatal Python error: Segmentation fault\n\nExtension modules: numpy (total: 1)\n"
+    assert scaling.failure("", stderr) == "the compiler crashed (Segmentation fault)"
+    assert scaling.failure("compiling\nerror: needs 20.1 GiB, 16.0 available\n", "") == (
+        "error: needs 20.1 GiB, 16.0 available"
+    )
