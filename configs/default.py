@@ -122,13 +122,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.num_train_pairs = 4096  # synthetic flow
     config.data.num_eval_pairs = 64
     # synthetic flow: layers, their largest motions (px, radians, relative scale) and the range of texture
-    # pixels per frame pixel (below 0.5: magnified, smoother textures)
+    # pixels per frame pixel (below 0.5: magnified, smoother textures) and of contrast (frames' deviations
+    # from their mean colour times U(*contrast))
     config.data.synthetic_motion = dict(
         max_foreground=3,
         max_translation=10.0,
         max_rotation=0.1,
         max_scale_change=0.1,
         texture_scale=(0.5, 1.0),
+        contrast=(1.0, 1.0),
     )
     # optical_flow: ((first step, augmentation strength, flip probability), ...)
     config.data.curriculum = ((0, 1.0, 0.5),)

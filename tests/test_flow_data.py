@@ -384,6 +384,20 @@ def test_synthetic_background_alone_without_rotation_or_scaling_is_a_constant_fl
     assert 0 < np.abs(flow[0, 0]).max() <= 10.0
 
 
+def test_synthetic_contrast_scales_both_frames_about_frame1s_mean_and_keeps_the_flow():
+    kwargs = dict(max_foreground=2, max_translation=2.0)
+    plain, stretched = (SyntheticFlowSource((24, 32), 2, contrast=(c, c), **kwargs)[1] for c in (1.0, 3.0))
+    np.testing.assert_array_equal(stretched.flow, plain.flow)
+    frames = plain.frames.astype(np.float64)
+    expected = frames[0].mean(axis=(0, 1)) + (frames - frames[0].mean(axis=(0, 1))) * 3.0
+    unclipped = (expected > 1) & (expected < 254)
+    assert unclipped.mean() > 0.5
+    np.testing.assert_allclose(stretched.frames[unclipped], expected[unclipped], atol=2.0)  # 3 x rounding
+    assert stretched.frames.astype(np.float64).std() > 1.5 * frames.std()  # clipping takes some
+    with pytest.raises(ValueError, match="contrast"):
+        SyntheticFlowSource((24, 32), 2, contrast=(2.0, 1.0))
+
+
 # ---------------------------------------------------------------------------------------------- transforms
 
 

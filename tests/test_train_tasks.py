@@ -29,6 +29,7 @@ from test_train import ROOT, _compilation_cache, train_losses  # noqa: F401
 from configs import default
 from perceiver_jax import from_pretrained
 from train import build, trainer
+from train.data import flow as flow_data
 from train.tasks import get_task
 
 COMMON = dict(
@@ -288,6 +289,13 @@ def test_init_from_an_hf_folder_of_another_modality_is_refused(tmp_path):
 # --- Optical flow and multimodal autoencoding.
 
 
+def test_export_of_a_model_hf_cannot_express_is_refused_before_training(tmp_path):
+    config = config_for("optical_flow", export_hf=True, **{"model.flow_num_bands": 1, "model.d_model": 70})
+    with pytest.raises(ValueError, match=r"export_hf=True, but Fields \['flow_num_bands'\]"):
+        trainer.train_and_evaluate(config, str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
+
+
 @pytest.mark.parametrize("task", ["optical_flow", "multimodal_autoencoding"])
 def test_flow_and_multimodal_train_resume_shard_and_export(task, tmp_path):
     reference, resumed, sharded = tmp_path / "reference", tmp_path / "resumed", tmp_path / "sharded"
@@ -311,6 +319,9 @@ def test_flow_and_multimodal_train_resume_shard_and_export(task, tmp_path):
                 "logits": hf_model(inputs=torch.tensor(np.moveaxis(patches, -1, 2).copy())).logits.numpy()
             }
         assert os.listdir(reference / "flow")  # the report's pictures
+        pair = flow_data.as_flow_pair(flow_data.SyntheticFlowSource((12, 16), 8, seed=2)[0])  # eval pair 0
+        zero_epe = np.linalg.norm(pair.flow, axis=-1).mean()
+        np.testing.assert_allclose(summary["eval_full_frame_baseline"], zero_epe, rtol=1e-5)
     else:
         video = rng.uniform(0, 1, (2, 2, 8, 8, 3)).astype(np.float32)
         audio = rng.uniform(-1, 1, (2, 32, 1)).astype(np.float32)

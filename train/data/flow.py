@@ -611,16 +611,20 @@ def _top_layers(layers: Sequence[Layer], frame_points: Sequence[np.ndarray]) -> 
 
 
 def _composite(layers: Sequence[Layer], frame_points: Sequence[np.ndarray], top: np.ndarray) -> np.ndarray:
-    """uint8 `(H, W, 3)`: each pixel coloured by its top layer's texture at that layer's point."""
+    """float64 `(H, W, 3)` in [0, 255]: each pixel coloured by its top layer's texture at its point."""
     image = np.zeros(top.shape + (3,), np.float64)
     for index, (layer, points) in enumerate(zip(layers, frame_points)):
         mask = top == index
         image[mask] = sample_bilinear(layer.texture, layer.to_texture(points[mask]))
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    return image
 
 
-def render_layers(layers: Sequence[Layer], size: tuple[int, int]) -> tuple[FlowPair, np.ndarray]:
-    """Renders back-to-front `layers` (the first a background, `shape` None) at `size` `(H, W)`.
+def render_layers(
+    layers: Sequence[Layer], size: tuple[int, int], contrast: float = 1.0
+) -> tuple[FlowPair, np.ndarray]:
+    """Renders back-to-front `layers` (the first a background, `shape` None) at `size` `(H, W)`, both
+    frames' deviations from frame 1's mean colour multiplied by `contrast` (then clipped to [0, 255]; the
+    same map on both frames, so the flow stays exact).
 
     Frame 1 shows at pixel p the top layer l holding p; frame 2 shows at pixel q the top layer holding
     `motion_l^-1(q)`. The flow at p is `motion_l(p) - p` for frame 1's top layer l: exact by construction.
@@ -650,7 +654,10 @@ def render_layers(layers: Sequence[Layer], size: tuple[int, int]) -> tuple[FlowP
     covered = np.zeros((height, width), bool)
     for index, layer in enumerate(layers[1:], start=1):
         covered |= (top1 < index) & layer.shape.contains(layer.motion.inverse()(landing))
-    pair = FlowPair(np.stack([frame1, frame2]), flow.astype(np.float32), np.ones((height, width), np.float32))
+    frames = np.stack([frame1, frame2])
+    frames = frame1.mean(axis=(0, 1)) + (frames - frame1.mean(axis=(0, 1))) * contrast
+    frames = np.clip(np.rint(frames), 0, 255).astype(np.uint8)
+    pair = FlowPair(frames, flow.astype(np.float32), np.ones((height, width), np.float32))
     return pair, (inside & ~covered).astype(np.float32)
 
 
@@ -720,8 +727,10 @@ def sample_layers(
 
 class SyntheticFlowSource:
     """`length` synthetic pairs of frames `size` `(H, W)` with exact flow (all pixels valid), AutoFlow-style
-    (`sample_layers`, `render_layers`) from real images bundled with scikit-image. Pair i depends only on
-    `(seed, i)`. `source[i]` is a `FlowPair`; `source.render(i)` also gives its visibility map."""
+    (`sample_layers`, `render_layers`) from real images bundled with scikit-image, at a contrast drawn
+    from `U(*contrast)` (magnified photographs are smooth: 2-4 gives a small model gradients to learn
+    from). Pair i depends only on `(seed, i)`. `source[i]` is a `FlowPair`; `source.render(i)` also gives
+    its visibility map."""
 
     def __init__(
         self,
@@ -733,6 +742,7 @@ class SyntheticFlowSource:
         max_rotation: float = 0.1,
         max_scale_change: float = 0.1,
         texture_scale: tuple[float, float] = (0.5, 1.0),
+        contrast: tuple[float, float] = (1.0, 1.0),
     ):
         if len(size) != 2 or any(not isinstance(n, (int, np.integer)) or n < 1 for n in size):
             raise ValueError(f"size must be (height, width), positive integers; got {size!r}.")
@@ -746,7 +756,10 @@ class SyntheticFlowSource:
             raise ValueError(
                 f"texture_scale must be (low, high) with 0 < low <= high; got {texture_scale!r}."
             )
+        if len(contrast) != 2 or not 0 < contrast[0] <= contrast[1]:
+            raise ValueError(f"contrast must be (low, high) with 0 < low <= high; got {contrast!r}.")
         self.texture_scale = (float(texture_scale[0]), float(texture_scale[1]))
+        self.contrast = (float(contrast[0]), float(contrast[1]))
         self.size = (int(size[0]), int(size[1]))
         self.length, self.seed, self.max_foreground = int(length), int(seed), int(max_foreground)
         self.max_translation, self.max_rotation = float(max_translation), float(max_rotation)
@@ -769,7 +782,7 @@ class SyntheticFlowSource:
             self.max_scale_change,
             self.texture_scale,
         )
-        return render_layers(layers, self.size)
+        return render_layers(layers, self.size, rng.uniform(*self.contrast))
 
     def __getitem__(self, index: int) -> FlowPair:
         return self.render(index)[0]

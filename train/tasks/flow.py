@@ -101,7 +101,8 @@ def _summarize(sums) -> dict[str, float]:
 def _report(
     model, variables, data: Data, config: Config, model_config: PerceiverConfig, workdir: str, step: int
 ):
-    """Full-frame flow of the first eval pairs (tiles of `train_size`): EPE, outliers, pictures."""
+    """Full-frame flow of the first eval pairs (tiles of `train_size`): EPE, outliers, zero flow's EPE
+    (`full_frame_baseline`), pictures."""
     apply = jax.jit(lambda v, patches: model.apply(v, patches) * FLOW_SCALE_FACTOR)
     folder = os.path.join(workdir, "flow")
     os.makedirs(folder, exist_ok=True)
@@ -121,9 +122,13 @@ def _report(
         )
         for name, value in flow_data.flow_metric_sums(prediction, pair.flow, pair.valid).items():
             sums[name] = sums.get(name, 0.0) + float(value)
+        zero_flow = flow_data.flow_metric_sums(np.zeros_like(pair.flow), pair.flow, pair.valid)["epe"]
+        sums["baseline_epe"] = sums.get("baseline_epe", 0.0) + float(zero_flow)
     if not sums:
         return {}
-    return {f"full_frame_{k}": v for k, v in flow_data.summarize_flow_metrics(sums).items()}
+    baseline = sums.pop("baseline_epe") / max(sums["count"], 1.0)
+    metrics = {f"full_frame_{k}": v for k, v in flow_data.summarize_flow_metrics(sums).items()}
+    return {**metrics, "full_frame_baseline": baseline}
 
 
 TASKS["optical_flow"] = Task(
