@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ml_collections
 
+from perceiver_jax import PerceiverConfig
 from train import optim
+from train.tasks import get_task
 
 
 def _require(ok: bool, message: str) -> None:
@@ -58,6 +60,14 @@ def check(config: ml_collections.ConfigDict) -> None:
         config.stop_after_step >= 0,
         f"config.stop_after_step={config.stop_after_step} must be >= 0 (0: never).",
     )
+    if config.export_hf:  # refused now rather than after training
+        try:
+            PerceiverConfig.from_dict(config.model.to_dict()).to_hf_dict(get_task(config.task).head)
+        except ValueError as error:
+            raise ValueError(
+                f"export_hf=True, but {error} Set export_hf=False, or keep those model fields at their "
+                "defaults."
+            ) from None
 
 
 def state_settings(config: ml_collections.ConfigDict) -> dict[str, object]:

@@ -62,14 +62,6 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> tuple[Task, Data, 
     task = get_task(config.task)
     data = task.data(config, build.model_config_of(config), workdir)
     model_config = build.model_config_of(config, data.labels)
-    if config.export_hf:  # refused now rather than after training
-        try:
-            model_config.to_hf_dict(task.head)
-        except ValueError as error:
-            raise ValueError(
-                f"export_hf=True, but {error} Set export_hf=False, or keep those model fields at their "
-                "defaults."
-            ) from None
     mesh = partitioning.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     return task, data, model_config, build.build(config, task, model_config, mesh)
 

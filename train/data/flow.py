@@ -654,8 +654,7 @@ def render_layers(
     covered = np.zeros((height, width), bool)
     for index, layer in enumerate(layers[1:], start=1):
         covered |= (top1 < index) & layer.shape.contains(layer.motion.inverse()(landing))
-    frames = np.stack([frame1, frame2])
-    frames = frame1.mean(axis=(0, 1)) + (frames - frame1.mean(axis=(0, 1))) * contrast
+    frames = np.stack([frame1, frame2]) * contrast + frame1.mean(axis=(0, 1)) * (1 - contrast)  # exact at 1
     frames = np.clip(np.rint(frames), 0, 255).astype(np.uint8)
     pair = FlowPair(frames, flow.astype(np.float32), np.ones((height, width), np.float32))
     return pair, (inside & ~covered).astype(np.float32)

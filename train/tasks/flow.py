@@ -106,7 +106,7 @@ def _report(
     apply = jax.jit(lambda v, patches: model.apply(v, patches) * FLOW_SCALE_FACTOR)
     folder = os.path.join(workdir, "flow")
     os.makedirs(folder, exist_ok=True)
-    sums = {}
+    sums, zero_flow_sums = {}, {}
     overlap = min(20, min(model_config.train_size) // 4)  # the colab's 20 px, less for small windows
     for i in range(min(config.data.num_report_pairs, len(data.eval))):
         pair = flow_data.as_flow_pair(data.eval[i])
@@ -120,15 +120,13 @@ def _report(
         flow_data.save_flow_panel(
             os.path.join(folder, f"step_{step}_pair_{i}.png"), prediction, pair.flow, pair.valid
         )
-        for name, value in flow_data.flow_metric_sums(prediction, pair.flow, pair.valid).items():
-            sums[name] = sums.get(name, 0.0) + float(value)
-        zero_flow = flow_data.flow_metric_sums(np.zeros_like(pair.flow), pair.flow, pair.valid)["epe"]
-        sums["baseline_epe"] = sums.get("baseline_epe", 0.0) + float(zero_flow)
+        for totals, flow in ((sums, prediction), (zero_flow_sums, np.zeros_like(pair.flow))):
+            for name, value in flow_data.flow_metric_sums(flow, pair.flow, pair.valid).items():
+                totals[name] = totals.get(name, 0.0) + float(value)
     if not sums:
         return {}
-    baseline = sums.pop("baseline_epe") / max(sums["count"], 1.0)
     metrics = {f"full_frame_{k}": v for k, v in flow_data.summarize_flow_metrics(sums).items()}
-    return {**metrics, "full_frame_baseline": baseline}
+    return {**metrics, "full_frame_baseline": flow_data.summarize_flow_metrics(zero_flow_sums)["epe"]}
 
 
 TASKS["optical_flow"] = Task(
