@@ -4,7 +4,7 @@ offline), 8 x 8 crops of 32 x 40 frames; full frames are predicted by tiling at 
 
     python -m train --config configs/flow_tiny.py --workdir runs/flow_tiny
 
-Measured on a 2-core CPU (2026-12-03): 3000 steps in 289-319 s, eval end-point error 0.708 px on 8 x 8
+Measured on a 2-core CPU (2026-12-03): 3000 steps in 280-319 s, eval end-point error 0.708 px on 8 x 8
 crops against the zero-flow baseline's 0.786 px (1-px outliers 18%); on the two full 32 x 40 frames
 (tiled) 0.853 px against 1.009 px. The model is not one HF can build (HF fixes 64 Fourier bands, 64 patch
 channels and the decoder's attention), so `export_hf=True` is refused before training. In our runs HF's
