@@ -114,6 +114,19 @@ def test_a_second_trainer_on_a_workdir_in_use_refuses(tmp_path):
         holder.wait()
 
 
+def test_a_run_refused_at_setup_releases_the_workdir_and_leaves_nothing_behind(tmp_path):
+    missing = str(tmp_path / "corpus" / "*.txt")
+    fresh, existing = tmp_path / "fresh", tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("kept")
+    for workdir in (fresh, existing):
+        with pytest.raises(FileNotFoundError, match="no file matches"):
+            trainer.train_and_evaluate(tiny_config(**{"data.files": missing}), str(workdir))
+    assert not fresh.exists()  # the workdir the refused run made is gone
+    assert sorted(os.listdir(existing)) == [".lock", "notes.txt"]  # a user's folder is left as it was
+    checkpoint.WorkdirLock(str(existing)).release()  # the refused run released its lock in this process
+
+
 def test_a_full_disk_during_a_save_is_one_clear_error_and_the_run_resumes(
     run_dir, uninterrupted, monkeypatch
 ):

@@ -260,11 +260,14 @@ class _Damaged(Exception):
 class WorkdirLock:
     """An exclusive lock on `<workdir>/.lock` (`fcntl.flock`), held while the run lives (the OS releases it
     when the process ends, even after kill -9). A second trainer on the workdir gets RuntimeError naming
-    the one that holds it."""
+    the one that holds it. A workdir the lock created and nothing else wrote to (a run refused at setup)
+    is removed on release."""
 
     def __init__(self, workdir: str):
-        os.makedirs(workdir, exist_ok=True)
-        self.path = os.path.join(os.path.abspath(workdir), ".lock")
+        self.workdir = os.path.abspath(workdir)
+        self.created = not os.path.isdir(self.workdir)
+        os.makedirs(self.workdir, exist_ok=True)
+        self.path = os.path.join(self.workdir, ".lock")
         self.file = open(self.path, "a+")
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -283,7 +286,10 @@ class WorkdirLock:
         self.file.flush()
 
     def release(self) -> None:
-        """Releases the lock."""
+        """Releases the lock (removing the workdir first if the lock made it and it holds nothing else)."""
+        if self.created and os.listdir(self.workdir) == [".lock"]:
+            os.remove(self.path)  # while locked: a trainer starting now finds the workdir in use
+            os.rmdir(self.workdir)
         fcntl.flock(self.file, fcntl.LOCK_UN)
         self.file.close()
 

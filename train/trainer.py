@@ -77,10 +77,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     start_time = time.perf_counter()
     primary = jax.process_index() == 0
-
-    # --- Setup: checks, lock, task, data, mesh, the compiled functions.
     config_checks.check(config)
     lock = checkpoint.WorkdirLock(workdir) if primary else None
+    try:
+        return _train_locked(config, workdir, start_time, primary)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(config: ml_collections.ConfigDict, workdir: str, start_time: float, primary: bool) -> dict:
+    """`train_and_evaluate`'s run, with the config checked and the workdir locked."""
+    # --- Setup: task, data, mesh, the compiled functions.
     task, data, model_config, run = setup(config, workdir)
     batch_size = config.global_batch_size
     rows = pipeline.local_rows(run.batch_sharding, batch_size)
@@ -208,11 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     finally:
         bar.close()
         writer.close()
-        try:
-            ckpt.close()
-        finally:
-            if lock is not None:
-                lock.release()
+        ckpt.close()
 
     # --- End: final eval, export, loss curve, summary (a run stopped early skips eval and export).
     summary = dict(
