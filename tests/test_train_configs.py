@@ -1,5 +1,6 @@
-"""The shipped configs trace their train step (shapes only, without data); the pod config has the official
-model size and shards 8 ways; every model field can be set from the command line."""
+"""The shipped configs trace their train step (shapes only, without data) and hold models HF can build; the
+pod config has the official model size and shards 8 ways; every model field can be set from the command
+line."""
 
 import dataclasses
 import functools
@@ -42,6 +43,7 @@ def test_config_traces_a_train_step_of_its_task(name):
     if name != "default":
         assert f"python -m train --config configs/{name}.py" in module.__doc__
         assert "EXPECTED" not in module.__doc__
+    build.model_config_of(config).to_hf_dict()  # a model HF can build: `export_hf=True` writes its folder
 
 
 def test_language_perceiver_has_the_official_size_and_shards_eight_ways():
