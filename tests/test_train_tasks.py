@@ -365,3 +365,26 @@ def test_multimodal_baseline_is_the_mean_frame_of_the_batch_not_of_the_clip():
     summary = task.summarize(task.loss(outputs, prepared, config, False))
     assert abs(summary["baseline"] - summary["image_psnr"]) < 1e-3  # the baseline's own PSNR
     assert abs(summary["baseline"] - 20 * np.log10(1 / 0.2)) < 1e-3  # error 0.2 on both weighted clips
+
+
+def test_multimodal_mean_frames_are_read_at_each_points_own_pixel():
+    """Still clips of random pictures: at every decoded point (any frame) each clip's own mean frame is the
+    target itself and the baseline is the weighted mean of the clips' pictures at that pixel."""
+    config = config_for("multimodal_autoencoding")
+    model_config = build.model_config_of(config)
+    task = get_task("multimodal_autoencoding")
+    pictures = np.random.default_rng(0).uniform(size=(3, 1, 8, 8, 3)).astype(np.float32)
+    batch = {
+        "image": np.broadcast_to(pictures, (3, 2, 8, 8, 3)).copy(),
+        "audio": np.zeros((3, 32, 1), np.float32),
+        "label": np.zeros((3, 3), np.float32),
+        "targets": np.zeros(3, np.int32),
+        "weights": np.array([1, 1, 0], np.float32),
+    }
+    kwargs, _, prepared = task.prepare(jax.tree.map(jnp.asarray, batch), None, config, model_config)
+    points = np.asarray(kwargs["subsampled_output_points"]["image"])
+    assert points.max() >= 64  # some points lie in the second frame
+    np.testing.assert_allclose(prepared["image_clip_mean"], prepared["image_targets"], rtol=1e-6)
+    expected = pictures[:2].mean(axis=0).reshape(64, 3)[points % 64]
+    np.testing.assert_allclose(prepared["image_baseline"], np.broadcast_to(expected, (3, *expected.shape)),
+                               rtol=1e-6)  # fmt: skip

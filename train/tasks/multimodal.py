@@ -68,20 +68,22 @@ def _prepare(batch, rng, config: Config, model_config: PerceiverConfig):
     the targets at those points, and at the video points the mean frame of the batch's clips (the
     baseline) and each clip's own mean frame."""
     points = _points(jax.random.key(0) if rng is None else rng, config, model_config)
-
-    def at_points(video):
-        return multimodal.subsampled_targets(video, batch["audio"], points, model_config.samples_per_patch)
-
-    targets = at_points(batch["image"])
+    targets = multimodal.subsampled_targets(
+        batch["image"], batch["audio"], points, model_config.samples_per_patch
+    )
     video, weights = batch["image"], batch["weights"].reshape(-1, 1, 1, 1, 1)
     batch_mean = jnp.sum(video * weights, axis=(0, 1), keepdims=True) / jnp.maximum(
         jnp.sum(weights) * video.shape[1], 1e-6
     )
+    frame_points = points["image"] % (video.shape[2] * video.shape[3])  # a point's pixel in its frame
+
+    def frame_at_points(frames):  # (b, 1, H, W, C) -> (B, O_image, C)
+        pixels = jnp.take(frames.reshape(frames.shape[0], -1, video.shape[-1]), frame_points, axis=1)
+        return jnp.broadcast_to(pixels, targets["image"].shape)
+
     batch = {**batch, "image_targets": targets["image"], "audio_targets": targets["audio"]}
-    batch["image_baseline"] = at_points(jnp.broadcast_to(batch_mean, video.shape))["image"]
-    batch["image_clip_mean"] = at_points(jnp.broadcast_to(video.mean(axis=1, keepdims=True), video.shape))[
-        "image"
-    ]
+    batch["image_baseline"] = frame_at_points(batch_mean)
+    batch["image_clip_mean"] = frame_at_points(video.mean(axis=1, keepdims=True))
     kwargs = {
         "inputs": {name: batch[name] for name in ("image", "audio", "label")},
         "subsampled_output_points": points,
